@@ -1,0 +1,358 @@
+"""AlexNet (Krizhevsky, Sutskever & Hinton, 2012) as the paper ran it: two towers.
+
+The model knows towers, not devices. Every tower-local parameter carries a leading
+tower axis, and a layer runs one convolution (or matrix product) per tower that is
+present in the arrays it is given. Where a layer reads the other tower (the four
+crossings: into conv3, fc6, fc7 and fc8), it asks a `TowerExchange` for the
+activations of all towers. `LocalTowers` (every tower on this device) concatenates
+them; `alexnet_jax.parallel` supplies an exchange that calls collectives over the
+mesh's 'tower' axis. Nothing here knows about meshes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Protocol, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# The paper's whole-net widths. The one-GPU ablation (footnote 2) halves conv1..conv4
+# but keeps conv5 and the fully-connected layers at full width, with no groups.
+PAPER_WIDTHS = {
+    2: {'conv1': 96, 'conv2': 256, 'conv3': 384, 'conv4': 384, 'conv5': 256, 'fc6': 4096, 'fc7': 4096},
+    1: {'conv1': 48, 'conv2': 128, 'conv3': 192, 'conv4': 192, 'conv5': 256, 'fc6': 4096, 'fc7': 4096},
+}
+PAPER_CROSSINGS = ('conv3', 'fc6', 'fc7', 'fc8')
+INIT_SCHEMES = ('paper', 'caffe', 'he')
+DTYPES = ('float32', 'bfloat16')
+
+# Local response normalization, paper section 3.3, in the paper's own convention:
+# b_i = a_i / (k + alpha * sum_{|j-i| <= n/2} a_j^2) ** beta, alpha NOT divided by n
+# (= tf.nn.local_response_normalization(depth_radius=2, bias=2, alpha=1e-4, beta=0.75)).
+LRN_K, LRN_N, LRN_ALPHA, LRN_BETA = 2.0, 5, 1e-4, 0.75
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything that decides the network's shape and numerics."""
+  towers: int = 2                       # 2: the paper's net; 1: its one-GPU ablation
+  num_classes: int = 1000
+  image_size: int = 227                 # 224 is padded (0, 3) like cuda-convnet
+  width: float = 1.0                    # multiplies every layer's channels (tests, CPU demo)
+  lrn: bool = True
+  overlapping_pool: bool = True         # 3x3 stride 2 (paper) or 2x2 stride 2
+  dropout_rate: float = 0.5
+  dtype: str = 'float32'                # compute dtype; parameters stay float32
+  init: str = 'paper'                   # 'paper', 'caffe' or 'he' (see layer_init)
+  crossings: tuple[str, ...] = PAPER_CROSSINGS  # layers that read every tower
+
+  def validate(self) -> None:
+    """Raises ValueError with a fix for any setting the net cannot be built with."""
+    if self.towers not in PAPER_WIDTHS:
+      raise ValueError(f'towers must be 1 or 2, got {self.towers}: 2 is the paper\'s net, '
+                       '1 its one-GPU ablation.')
+    if self.dtype not in DTYPES:
+      raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}.')
+    if self.init not in INIT_SCHEMES:
+      raise ValueError(f'init must be one of {INIT_SCHEMES}, got {self.init!r}.')
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}.')
+    if self.width <= 0:
+      raise ValueError(f'width must be positive, got {self.width}.')
+    if self.num_classes < 2:
+      raise ValueError(f'num_classes must be at least 2, got {self.num_classes}.')
+    allowed = {'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8'}
+    if not set(self.crossings) <= allowed or 'fc8' not in self.crossings:
+      raise ValueError(f'crossings must name layers among {sorted(allowed)} and include fc8 '
+                       f'(the classifier reads both towers), got {self.crossings}.')
+    if self.image_size < smallest_image_size(self):
+      raise ValueError(f'image_size {self.image_size} is too small: the feature map vanishes '
+                       f'before fc6. Use at least {smallest_image_size(self)}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """One weight layer of the net with its geometry, per tower."""
+  name: str
+  in_features: int          # channels (or inputs) each tower reads, after any crossing
+  features: int             # channels (or outputs) each tower writes
+  crosses: bool             # reads the activations of every tower
+  kernel: int = 0           # 0 for fully-connected layers
+  stride: int = 1
+  padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+  conv_size: int = 0        # spatial size after the convolution
+  lrn: bool = False
+  pool: bool = False
+  out_size: int = 0         # spatial size after pooling (conv_size if no pool)
+  relu: bool = True
+  dropout: bool = False
+
+  @property
+  def is_conv(self) -> bool:
+    return self.kernel > 0
+
+
+def _channels(config: ModelConfig, layer: str) -> int:
+  """Channels per tower after the width multiplier."""
+  per_tower = PAPER_WIDTHS[config.towers][layer] // config.towers
+  return max(1, round(per_tower * config.width))
+
+
+def pool_window(config: ModelConfig) -> tuple[int, int]:
+  """(window, stride) of every max-pool: overlapping 3/2 (paper) or 2/2."""
+  return (3, 2) if config.overlapping_pool else (2, 2)
+
+
+def _pooled(size: int, config: ModelConfig) -> int:
+  window, stride = pool_window(config)
+  return (size - window) // stride + 1
+
+
+def smallest_image_size(config: ModelConfig) -> int:
+  """The smallest input for which conv5's pooled feature map is still 1x1."""
+  size = 11
+  while layer_specs(dataclasses.replace(config, image_size=size))[4].out_size < 1:
+    size += 1
+  return size
+
+
+def layer_specs(config: ModelConfig) -> list[LayerSpec]:
+  """The paper's layer table for this configuration; the model is built from it."""
+  towers = config.towers
+  # conv1: stride 4, no padding on the left; like cuda-convnet, the output has
+  # 1 + ceil((S - 11) / 4) positions, so 227 is exact and 224 gets 3 pixels of
+  # zero padding on the bottom/right: both give 55.
+  conv1_size = 1 + -(-(config.image_size - 11) // 4)
+  conv1_pad = (conv1_size - 1) * 4 + 11 - config.image_size
+  size1 = _pooled(conv1_size, config)
+  size2 = _pooled(size1, config)
+  size5 = _pooled(size2, config)
+
+  def reads(name: str, own: int) -> tuple[int, bool]:
+    crosses = name in config.crossings and towers > 1
+    return (own * towers if crosses else own), crosses
+
+  specs = []
+  previous = 3
+  geometry = {
+      'conv1': dict(kernel=11, stride=4, padding=((0, conv1_pad), (0, conv1_pad)),
+                    conv_size=conv1_size, lrn=config.lrn, pool=True, out_size=size1),
+      'conv2': dict(kernel=5, padding=((2, 2), (2, 2)), conv_size=size1, lrn=config.lrn,
+                    pool=True, out_size=size2),
+      'conv3': dict(kernel=3, padding=((1, 1), (1, 1)), conv_size=size2, out_size=size2),
+      'conv4': dict(kernel=3, padding=((1, 1), (1, 1)), conv_size=size2, out_size=size2),
+      'conv5': dict(kernel=3, padding=((1, 1), (1, 1)), conv_size=size2, pool=True,
+                    out_size=size5),
+      'fc6': dict(dropout=True),
+      'fc7': dict(dropout=True),
+  }
+  for name, geo in geometry.items():
+    features = _channels(config, name)
+    if name == 'fc6':
+      previous *= max(size5, 0) ** 2
+    in_features, crosses = reads(name, previous)
+    if name == 'conv1':
+      in_features, crosses = 3, False  # every tower sees the whole image
+    specs.append(LayerSpec(name, in_features, features, crosses, **geo))
+    previous = features
+  # fc8 is one layer over every tower's fc7: each tower multiplies its own fc7 by its
+  # slice of the weights and the partial products are summed (cuda-convnet2's fc1000).
+  specs.append(LayerSpec('fc8', previous, config.num_classes, towers > 1, relu=False))
+  return specs
+
+
+# ----------------------------------------------------------------------------------
+# Building blocks.
+
+
+def local_response_norm(x: jax.Array) -> jax.Array:
+  """Paper's LRN over the channel (last) axis of one tower's activations."""
+  squared = jnp.square(x.astype(jnp.float32))
+  half = LRN_N // 2
+  window_sum = lax.reduce_window(
+      squared, 0.0, lax.add,
+      window_dimensions=(1,) * (x.ndim - 1) + (LRN_N,),
+      window_strides=(1,) * x.ndim,
+      padding=((0, 0),) * (x.ndim - 1) + ((half, half),))
+  scale = (LRN_K + LRN_ALPHA * window_sum) ** -LRN_BETA
+  return (x * scale).astype(x.dtype)
+
+
+def max_pool(x: jax.Array, config: ModelConfig) -> jax.Array:
+  window, stride = pool_window(config)
+  return nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
+
+
+def layer_init(config: ModelConfig, name: str):
+  """(kernel_init, bias_init) for a layer under the chosen scheme.
+
+  paper: weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7 (positive
+         inputs for the ReLUs), 0 elsewhere.
+  caffe: bvlc_alexnet: N(0, 0.01) but N(0, 0.005) for fc6, fc7; those biases 0.1.
+  he:    He-normal weights per tower, zero biases; starts learning on small, short runs.
+  """
+  positive_bias = name in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
+  if config.init == 'paper':
+    return nn.initializers.normal(0.01), nn.initializers.constant(1.0 if positive_bias else 0.0)
+  if config.init == 'caffe':
+    std = 0.005 if name in ('fc6', 'fc7') else 0.01
+    return nn.initializers.normal(std), nn.initializers.constant(0.1 if positive_bias else 0.0)
+  # Leading axis 0 indexes towers, so fan-in is computed per tower.
+  return nn.initializers.he_normal(batch_axis=(0,)), nn.initializers.zeros
+
+
+class TowerExchange(Protocol):
+  """How towers present in this call reach the others at a crossing."""
+  local_towers: int
+
+  def gather(self, parts: Sequence[jax.Array]) -> jax.Array:
+    """Every tower's activations, concatenated on the last axis in tower order."""
+
+  def sum(self, parts: Sequence[jax.Array]) -> jax.Array:
+    """The sum over every tower of the per-tower values."""
+
+  def tower_index(self, local: int) -> jax.Array | int:
+    """The global index of local tower `local` (dropout keys differ per tower)."""
+
+  def example_ids(self, batch: int) -> jax.Array:
+    """Global indices of the examples in this call's batch (dropout keys)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalTowers:
+  """Every tower runs here, one after the other: crossings are concatenations."""
+  local_towers: int
+
+  def gather(self, parts):
+    return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+
+  def sum(self, parts):
+    return sum(parts[1:], parts[0])
+
+  def tower_index(self, local):
+    return local
+
+  def example_ids(self, batch):
+    return jnp.arange(batch)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array, example_ids: jax.Array) -> jax.Array:
+  """Inverted dropout with one key per example.
+
+  Keying each example by its global index makes the masks independent of how the batch
+  is split over devices: every mesh shape drops the same units.
+  """
+  keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, example_ids)
+  keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate, x.shape[1:]))(keys)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class TowerLayer(nn.Module):
+  """A convolution or dense layer with one set of weights per tower.
+
+  Parameters have a leading tower axis (partitioned over the 'tower' mesh axis); the
+  layer applies tower t's weights to inputs[t] with its own convolution per tower.
+  """
+  spec: LayerSpec
+  config: ModelConfig
+  local_towers: int
+
+  @nn.compact
+  def __call__(self, inputs: Sequence[jax.Array]) -> list[jax.Array]:
+    spec, dtype = self.spec, jnp.dtype(self.config.dtype)
+    kernel_init, bias_init = layer_init(self.config, spec.name)
+    if spec.is_conv:
+      shape = (spec.kernel, spec.kernel, spec.in_features, spec.features)
+    else:
+      shape = (spec.in_features, spec.features)
+    kernel = self.param('kernel', nn.with_partitioning(kernel_init, ('tower',) + (None,) * len(shape)),
+                        (self.local_towers,) + shape)
+    bias = self.param('bias', nn.with_partitioning(bias_init, ('tower', None)),
+                      (self.local_towers, spec.features))
+    outputs = []
+    for t, x in enumerate(inputs):
+      w = kernel[t].astype(dtype)
+      if spec.is_conv:
+        y = lax.conv_general_dilated(x, w, (spec.stride, spec.stride), spec.padding,
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      else:
+        y = x @ w
+      outputs.append(y + bias[t].astype(dtype))
+    return outputs
+
+
+class Classifier(nn.Module):
+  """fc8: logits = sum over towers of fc7_t @ W_t, plus one shared bias."""
+  spec: LayerSpec
+  config: ModelConfig
+  exchange: TowerExchange
+
+  @nn.compact
+  def __call__(self, inputs: Sequence[jax.Array]) -> jax.Array:
+    spec, dtype = self.spec, jnp.dtype(self.config.dtype)
+    kernel_init, bias_init = layer_init(self.config, spec.name)
+    kernel = self.param('kernel', nn.with_partitioning(kernel_init, ('tower', None, None)),
+                        (self.exchange.local_towers, spec.in_features, spec.features))
+    bias = self.param('bias', nn.with_partitioning(bias_init, (None,)), (spec.features,))
+    partials = [x @ kernel[t].astype(dtype) for t, x in enumerate(inputs)]
+    return self.exchange.sum(partials) + bias.astype(dtype)
+
+
+class AlexNet(nn.Module):
+  """The paper's net. `exchange` says which towers run in this call and how they meet."""
+  config: ModelConfig
+  exchange: TowerExchange | None = None
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+    """images: (batch, H, W, 3), already normalized. Returns float32 logits."""
+    config = self.config
+    exchange = self.exchange or LocalTowers(config.towers)
+    if train and config.dropout_rate > 0 and dropout_rng is None:
+      raise ValueError('training with dropout needs dropout_rng')
+    specs = layer_specs(config)
+    x = images.astype(config.dtype)
+    towers = [x] * exchange.local_towers  # every tower sees the whole image
+    for index, spec in enumerate(specs[:-1]):
+      if spec.crosses:
+        with jax.named_scope(f'cross_into_{spec.name}'):
+          shared = exchange.gather(towers)
+        towers = [shared] * exchange.local_towers
+      if not spec.is_conv:
+        towers = [h.reshape(h.shape[0], -1) for h in towers]
+      towers = TowerLayer(spec, config, exchange.local_towers, name=spec.name)(towers)
+      towers = [self._after(h, spec, index, train, dropout_rng, exchange, t)
+                for t, h in enumerate(towers)]
+    fc8 = specs[-1]
+    with jax.named_scope('cross_into_fc8'):
+      logits = Classifier(fc8, config, exchange, name=fc8.name)(towers)
+    return logits.astype(jnp.float32)
+
+  def _after(self, h, spec, index, train, dropout_rng, exchange, local_tower):
+    """ReLU, then LRN / max-pool / dropout where the layer has them."""
+    h = nn.relu(h)
+    if spec.lrn:
+      h = local_response_norm(h)
+    if spec.pool:
+      h = max_pool(h, self.config)
+    if spec.dropout and train and self.config.dropout_rate > 0:
+      key = jax.random.fold_in(jax.random.fold_in(dropout_rng, index),
+                               exchange.tower_index(local_tower))
+      h = dropout(h, self.config.dropout_rate, key, exchange.example_ids(h.shape[0]))
+    return h
+
+
+def init_params(config: ModelConfig, rng: jax.Array):
+  """Float32 parameters of all towers, boxed with their partitioning names."""
+  size = config.image_size
+  dummy = jnp.zeros((1, size, size, 3), jnp.float32)
+  return AlexNet(config).init(rng, dummy)['params']
+
+
+def count_params(params) -> int:
+  return sum(math.prod(p.shape) for p in jax.tree.leaves(params))

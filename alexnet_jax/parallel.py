@@ -1,0 +1,151 @@
+"""Where the towers live: the ('data', 'tower') mesh and the one shard_map of the net.
+
+Mesh axis 'tower' has size 1 or 2. With 2, device (d, t) holds tower t of data shard d,
+as the paper's two GPUs did; with 1, every device holds both towers and runs them one
+after the other. Axis 'data' splits the batch. Inside the shard_map each device runs
+its local towers; the only collectives over 'tower' are the four crossings the model
+asks for (all-gather into conv3, fc6, fc7; a sum of partial logits into fc8).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from alexnet_jax import model as model_lib
+
+DATA, TOWER = 'data', 'tower'
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshShape:
+  data: int
+  tower: int
+
+  def __str__(self) -> str:
+    return f'data:{self.data},tower:{self.tower}'
+
+
+def parse_mesh(text: str) -> MeshShape:
+  """Parses 'data:D,tower:T' (either order)."""
+  match = re.fullmatch(r'\s*(\w+):(\d+)\s*,\s*(\w+):(\d+)\s*', text)
+  axes = dict(((match[1], int(match[2])), (match[3], int(match[4])))) if match else {}
+  if set(axes) != {DATA, TOWER} or min(axes.values()) < 1:
+    raise ValueError(f'--mesh must look like data:D,tower:T with positive sizes, got {text!r}.')
+  return MeshShape(axes[DATA], axes[TOWER])
+
+
+def default_mesh_shape(num_devices: int, towers: int) -> MeshShape:
+  """One tower per device (as in 2012) when the device count allows, else both per device."""
+  tower = 2 if towers == 2 and num_devices % 2 == 0 else 1
+  return MeshShape(num_devices // tower, tower)
+
+
+def check_mesh_shape(shape: MeshShape, num_devices: int, towers: int) -> None:
+  """Raises ValueError, with the fix, for a mesh this model cannot run on."""
+  if shape.tower not in (1, 2):
+    raise ValueError(f'the tower axis must be 1 or 2, got {shape.tower}.')
+  if shape.tower > towers:
+    raise ValueError(f'a tower axis of {shape.tower} needs the two-tower model; with '
+                     f'--towers={towers} use --mesh=data:{num_devices},tower:1.')
+  if shape.data * shape.tower != num_devices:
+    raise ValueError(f'--mesh={shape} needs {shape.data * shape.tower} devices but '
+                     f'{num_devices} are visible; use data * tower = {num_devices}.')
+
+
+def make_mesh(shape: MeshShape) -> jax.sharding.Mesh:
+  return jax.make_mesh((shape.data, shape.tower), (DATA, TOWER))
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshTowers(model_lib.LocalTowers):
+  """Crossings as collectives over the mesh's 'tower' axis, inside the shard_map.
+
+  tower_devices devices share the towers; each holds local_towers of them, and the
+  towers on one device are concatenated before the collective joins the devices.
+  """
+  tower_devices: int = 1
+
+  def gather(self, parts):
+    local = super().gather(parts)
+    if self.tower_devices == 1:
+      return local
+    return lax.all_gather(local, TOWER, axis=local.ndim - 1, tiled=True)
+
+  def sum(self, parts):
+    local = super().sum(parts)
+    return lax.psum(local, TOWER) if self.tower_devices > 1 else local
+
+  def tower_index(self, local):
+    if self.tower_devices == 1:
+      return local
+    return lax.axis_index(TOWER) * self.local_towers + local
+
+  def example_ids(self, batch):
+    return lax.axis_index(DATA) * batch + jnp.arange(batch)
+
+
+def param_specs(boxed_params, mesh: jax.sharding.Mesh):
+  """PartitionSpecs of the parameters: the tower axis on 'tower' where it has size 2."""
+  specs = nn.get_partition_spec(boxed_params)
+  if mesh.shape[TOWER] > 1:
+    return specs
+  # A tower axis of size 1 shards nothing; saying so keeps the towers' values
+  # tower-invariant, which the shard_map's type checks (check_vma) rely on.
+  return jax.tree.map(lambda _: P(), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def param_shardings(boxed_params, mesh):
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(boxed_params, mesh),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  """Batches are split over 'data' and replicated over 'tower'."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def abstract_params(config: model_lib.ModelConfig):
+  """Shapes and partitioning names of the parameters, without computing them."""
+  return jax.eval_shape(lambda: model_lib.init_params(config, jax.random.key(0)))
+
+
+def init_sharded_params(config: model_lib.ModelConfig, rng: jax.Array, mesh):
+  """Initializes the parameters directly in their shardings (no host copy of the net)."""
+  abstract = abstract_params(config)
+  shardings = param_shardings(abstract, mesh)
+  init = jax.jit(lambda key: nn.unbox(model_lib.init_params(config, key)),
+                 out_shardings=shardings)
+  return init(rng)
+
+
+def sharded_forward(config: model_lib.ModelConfig, mesh) -> Callable:
+  """forward(params, images, dropout_rng=None, train=False) -> logits, as one shard_map.
+
+  params carry the shardings of `param_shardings`, images `batch_sharding`; the logits
+  come back split over 'data'. Take gradients of a loss of these logits from outside:
+  the transpose of the shard_map sums the parameter gradients over 'data'.
+  """
+  tower_devices = mesh.shape[TOWER]
+  exchange = MeshTowers(local_towers=config.towers // tower_devices, tower_devices=tower_devices)
+  net = model_lib.AlexNet(config, exchange)
+  specs = param_specs(abstract_params(config), mesh)
+
+  def forward(params, images, dropout_rng=None, train=False):
+    if dropout_rng is None:
+      dropout_rng = jax.random.key(0)
+
+    def body(params, images, dropout_rng):
+      return net.apply({'params': params}, images, train=train, dropout_rng=dropout_rng)
+
+    return jax.shard_map(body, mesh=mesh, in_specs=(specs, P(DATA), P()),
+                         out_specs=P(DATA))(params, images, dropout_rng)
+
+  return forward
