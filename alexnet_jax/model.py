@@ -12,6 +12,7 @@ mesh's 'tower' axis. Nothing here knows about meshes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Protocol, Sequence
 
@@ -299,7 +300,9 @@ class Classifier(nn.Module):
                         (self.exchange.local_towers, spec.in_features, spec.features))
     bias = self.param('bias', nn.with_partitioning(bias_init, (None,)), (spec.features,))
     partials = [x @ kernel[t].astype(dtype) for t, x in enumerate(inputs)]
-    return self.exchange.sum(partials) + bias.astype(dtype)
+    with jax.named_scope('cross_into_fc8'):
+      logits = self.exchange.sum(partials)
+    return logits + bias.astype(dtype)
 
 
 class AlexNet(nn.Module):
@@ -328,9 +331,9 @@ class AlexNet(nn.Module):
       towers = TowerLayer(spec, config, exchange.local_towers, name=spec.name)(towers)
       towers = [self._after(h, spec, index, train, dropout_rng, exchange, t)
                 for t, h in enumerate(towers)]
+      self.sow('intermediates', f'{spec.name}_output', towers)  # kept only when asked for (tests, figures)
     fc8 = specs[-1]
-    with jax.named_scope('cross_into_fc8'):
-      logits = Classifier(fc8, config, exchange, name=fc8.name)(towers)
+    logits = Classifier(fc8, config, exchange, name=fc8.name)(towers)
     return logits.astype(jnp.float32)
 
   def _after(self, h, spec, index, train, dropout_rng, exchange, local_tower):
@@ -347,6 +350,7 @@ class AlexNet(nn.Module):
     return h
 
 
+@functools.partial(jax.jit, static_argnames='config')
 def init_params(config: ModelConfig, rng: jax.Array):
   """Float32 parameters of all towers, boxed with their partitioning names."""
   size = config.image_size

@@ -117,6 +117,14 @@ def abstract_params(config: model_lib.ModelConfig):
   return jax.eval_shape(lambda: model_lib.init_params(config, jax.random.key(0)))
 
 
+def abstract_sharded_params(config: model_lib.ModelConfig, mesh):
+  """ShapeDtypeStructs of the parameters with their shardings (lowering, restoring)."""
+  boxed = abstract_params(config)
+  return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                                  sharding=sharding),
+                      nn.unbox(boxed), param_shardings(boxed, mesh))
+
+
 def init_sharded_params(config: model_lib.ModelConfig, rng: jax.Array, mesh):
   """Initializes the parameters directly in their shardings (no host copy of the net)."""
   abstract = abstract_params(config)

@@ -1,0 +1,61 @@
+"""uint8 batches into model input, on the accelerator (no TensorFlow here).
+
+The host hands over uint8 crops (half the bytes of bf16, a quarter of f32); this module
+adds the paper's PCA colour noise and subtracts the mean, in float32 on the 0..255
+scale, as the paper did. `normalize` is a pure function: call it inside the jitted step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# cuda-convnet2's per-channel ImageNet mean (RGB, 0..255): the usual stand-in for the
+# paper's per-pixel mean image.
+CHANNEL_MEAN = np.array([127.30, 119.72, 104.91], np.float32)
+
+# Eigen-decomposition of the RGB pixel covariance on ImageNet, for pixels on 0..1
+# (fb.resnet.torch's constants). The added colour, sum_i p_i alpha_i lambda_i, is in
+# pixel units, so on 0..255 every lambda scales by 255 (55.46, 4.79, 1.15). Using the
+# eigenvalues of the 0..255 covariance instead (x 255**2) would shift pixels by ~1500.
+_EIGVAL_0_1 = np.array([0.2175, 0.0188, 0.0045], np.float32)
+PCA_EIGVAL = 255.0 * _EIGVAL_0_1
+# Columns are the eigenvectors p_1, p_2, p_3 (RGB).
+PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
+                       [-0.5808, -0.0045, -0.8140],
+                       [-0.5836, -0.6948, 0.4203]], np.float32)
+
+
+def pca_color_shift(rng: jax.Array, batch_shape: tuple[int, ...], std: float) -> jax.Array:
+  """Per-image RGB shifts sum_i p_i alpha_i lambda_i with alpha_i ~ N(0, std).
+
+  Returns float32 of shape batch_shape + (3,): one draw per image (paper section 4.1).
+  """
+  alpha = std * jax.random.normal(rng, batch_shape + (3,), jnp.float32)
+  return (alpha * PCA_EIGVAL) @ PCA_EIGVEC.T
+
+
+def normalize(images: jax.Array, *, mean: jax.Array | np.ndarray,
+              pca_std: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
+  """uint8 images (..., H, W, 3) -> float32 model input on the 0..255 scale.
+
+  Args:
+    images: uint8 (or any real) array whose last three axes are H, W, RGB; leading axes
+      are the batch (and, for 10-crop evaluation, the crops).
+    mean: (3,) per-channel mean or (H, W, 3) mean image, on 0..255.
+    pca_std: std of the PCA colour noise (paper: 0.1); 0 for evaluation.
+    rng: PRNG key, required when pca_std > 0. One draw per image: split it per step
+      (e.g. fold_in(key, step)) so steps differ.
+
+  Returns:
+    float32 (images + colour shift - mean), same shape as images. Not clipped, as in
+    the paper.
+  """
+  x = images.astype(jnp.float32)
+  if pca_std > 0:
+    if rng is None:
+      raise ValueError('normalize needs rng when pca_std > 0.')
+    shift = pca_color_shift(rng, x.shape[:-3], pca_std)
+    x = x + shift[..., None, None, :]
+  return x - jnp.asarray(mean, jnp.float32)

@@ -1,0 +1,52 @@
+"""Small shared pieces for mesh tests: a tiny config, its parameters and compiled steps."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import parallel
+
+TINY = model_lib.ModelConfig(num_classes=10, image_size=67, width=0.125, init='he')
+BATCH = 8
+
+
+def mesh(data: int, tower: int) -> jax.sharding.Mesh:
+  return jax.make_mesh((data, tower), (parallel.DATA, parallel.TOWER),
+                       devices=jax.devices()[:data * tower])
+
+
+@functools.cache
+def host_params(config=TINY, seed=0):
+  return nn.unbox(model_lib.init_params(config, jax.random.key(seed)))
+
+
+def batch(config=TINY, seed=1):
+  rng = np.random.default_rng(seed)
+  images = rng.normal(size=(BATCH, config.image_size, config.image_size, 3)).astype(np.float32)
+  labels = rng.integers(0, config.num_classes, size=(BATCH,)).astype(np.int32)
+  return images, labels
+
+
+def place(mesh_, config, params, images, labels):
+  """Puts host arrays onto the mesh with the shardings the forward expects."""
+  shardings = parallel.param_shardings(parallel.abstract_params(config), mesh_)
+  params = jax.device_put(params, shardings)
+  data = parallel.batch_sharding(mesh_)
+  return params, jax.device_put(images, data), jax.device_put(labels, data)
+
+
+@functools.cache
+def compiled_loss_and_grad(shape: tuple[int, int], config=TINY, train=False):
+  """jit(value_and_grad) of the mean cross-entropy on a mesh, with logits; cached per mesh."""
+  mesh_ = mesh(*shape)
+  forward = parallel.sharded_forward(config, mesh_)
+
+  def loss(params, images, labels, rng):
+    logits = forward(params, images, rng, train=train)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+  return mesh_, jax.jit(jax.value_and_grad(loss, has_aux=True))

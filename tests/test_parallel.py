@@ -1,0 +1,120 @@
+"""Every mesh shape computes what one device with grouped convolutions computes."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import parallel
+from tests import meshes
+from tests import reference
+
+MESH_SHAPES = [(1, 1), (1, 2), (2, 1), (2, 2), (4, 2)]
+
+
+@pytest.fixture(scope='module')
+def reference_result():
+  params = meshes.host_params()
+  images, labels = meshes.batch()
+
+  def loss(p):
+    logits = reference.logits(p, images)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+  (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  return logits, grads
+
+
+@pytest.mark.parametrize('shape', MESH_SHAPES)
+def test_logits_and_gradients_equal_the_grouped_reference(shape, reference_result):
+  want_logits, want_grads = reference_result
+  mesh, step = meshes.compiled_loss_and_grad(shape)
+  params, images, labels = meshes.place(mesh, meshes.TINY, meshes.host_params(), *meshes.batch())
+  with jax.set_mesh(mesh):
+    (_, logits), grads = step(params, images, labels, jax.random.key(0))
+  np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6),
+               grads, want_grads)
+  # The parameters and their gradients keep the tower axis on the mesh's 'tower' axis.
+  if shape[1] == 2:
+    assert grads['conv2']['kernel'].sharding.spec[0] == parallel.TOWER
+
+
+def test_cuda_convnet_padding_for_224_style_inputs():
+  # 64 -> conv1 gives 1 + ceil(53 / 4) = 15 positions only with 3 pixels padded bottom/right,
+  # the same rule that turns 224 into 55.
+  config = dataclasses.replace(meshes.TINY, image_size=64)
+  params = meshes.host_params(config)
+  images, _ = meshes.batch(config)
+  got = model_lib.AlexNet(config).apply({'params': params}, images)
+  np.testing.assert_allclose(got, reference.logits(params, images), rtol=1e-5, atol=1e-5)
+
+
+def _train_logits(shape, seed):
+  mesh, step = meshes.compiled_loss_and_grad(shape, train=True)
+  params, images, labels = meshes.place(mesh, meshes.TINY, meshes.host_params(), *meshes.batch())
+  with jax.set_mesh(mesh):
+    (_, logits), grads = step(params, images, labels, jax.random.key(seed))
+  return np.asarray(logits), grads
+
+
+def test_dropout_is_reproducible_and_independent_of_the_mesh():
+  first, grads = _train_logits((2, 2), seed=3)
+  again, grads_again = _train_logits((2, 2), seed=3)
+  np.testing.assert_array_equal(first, again)
+  jax.tree.map(np.testing.assert_array_equal, grads, grads_again)
+  other_seed, _ = _train_logits((2, 2), seed=4)
+  assert not np.allclose(first, other_seed)
+  # Masks are keyed by (seed, layer, tower, global example index), so every mesh drops
+  # the same units: one training step is the same computation on every mesh.
+  single, _ = _train_logits((1, 1), seed=3)
+  np.testing.assert_allclose(first, single, rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_masks_differ_between_towers():
+  config = dataclasses.replace(meshes.TINY, width=0.25)
+  params = meshes.host_params(config)
+  images, _ = meshes.batch(config)
+  net = model_lib.AlexNet(config)
+
+  @jax.jit
+  def fc6_outputs(params, images):
+    return [net.apply({'params': params}, images, train=train, dropout_rng=jax.random.key(7),
+                      mutable=['intermediates'])[1]['intermediates']['fc6_output'][0]
+            for train in (False, True)]
+
+  kept, dropped = [[np.asarray(h) for h in towers] for towers in fc6_outputs(params, images)]
+
+  dropped_masks = [(k != 0) & (d == 0) for k, d in zip(kept, dropped)]
+  active = [(k != 0) for k in kept]
+  for mask, act in zip(dropped_masks, active):
+    assert 0.4 < mask.sum() / act.sum() < 0.6  # about half the active units are dropped
+  assert not np.array_equal(dropped_masks[0], dropped_masks[1])
+  # Survivors are scaled by 1 / (1 - rate).
+  survivors = (dropped[0] != 0)
+  np.testing.assert_allclose(dropped[0][survivors], 2 * kept[0][survivors], rtol=1e-6)
+
+
+def test_mesh_parsing_and_defaults():
+  assert parallel.parse_mesh('data:4,tower:2') == parallel.MeshShape(4, 2)
+  assert parallel.parse_mesh('tower:1, data:3') == parallel.MeshShape(3, 1)
+  assert parallel.default_mesh_shape(8, towers=2) == parallel.MeshShape(4, 2)
+  assert parallel.default_mesh_shape(3, towers=2) == parallel.MeshShape(3, 1)
+  assert parallel.default_mesh_shape(8, towers=1) == parallel.MeshShape(8, 1)
+  for text in ('data:2', 'data:2,model:2', 'data:0,tower:1', '2x2'):
+    with pytest.raises(ValueError, match='data:D,tower:T'):
+      parallel.parse_mesh(text)
+
+
+@pytest.mark.parametrize('shape, devices, towers, message', [
+    (parallel.MeshShape(2, 2), 8, 2, 'needs 4 devices but 8'),
+    (parallel.MeshShape(1, 2), 2, 1, 'needs the two-tower model'),
+    (parallel.MeshShape(1, 4), 4, 2, 'tower axis must be 1 or 2'),
+])
+def test_mesh_checks(shape, devices, towers, message):
+  with pytest.raises(ValueError, match=message):
+    parallel.check_mesh_shape(shape, devices, towers)
