@@ -1,0 +1,415 @@
+"""The TFDS input pipeline: preparation, augmentation, exactly-once eval, determinism."""
+
+import dataclasses
+import io
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from alexnet_jax import data_config
+from alexnet_jax import input_pipeline as ip
+from alexnet_jax import preprocess
+from alexnet_jax import synthetic_data
+from tests.conftest_data import IMAGE_SIZE, TRAIN_EXAMPLES, demo  # pylint: disable=unused-import
+
+R = data_config.resize_size(IMAGE_SIZE)  # 27
+
+
+def _encode(array, fmt='PNG', **kwargs):
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, fmt, **kwargs)
+  return buffer.getvalue()
+
+
+def _file_names(demo, split):
+  builder = tfds.builder('imagenet2012', data_dir=demo.data_dir)
+  ds = builder.as_dataset(split, decoders={'image': tfds.decode.SkipDecoding()})
+  return sorted(x['file_name'].decode() for x in ds.as_numpy_iterator())
+
+
+def _mesh(data, tower):
+  return jax.make_mesh((data, tower), ('data', 'tower'), devices=jax.devices()[:data * tower])
+
+
+# ----------------------------------------------------------------------------------
+# Preparation through the real imagenet2012 builder.
+
+
+def test_preparation_keeps_odd_images_and_skips_the_corrupt_one(demo):
+  odd = demo.summary.oddities
+  assert demo.skipped == [odd['corrupt']]
+  assert 'skipped 1 undecodable images' in demo.log and odd['corrupt'] in demo.log
+  builder = tfds.builder('imagenet2012', data_dir=demo.data_dir)
+  assert builder.info.splits['train'].num_examples == TRAIN_EXAMPLES
+  stored = {x['file_name'].decode(): x for x in builder.as_dataset(
+      'train', decoders={'image': tfds.decode.SkipDecoding()}).as_numpy_iterator()}
+  assert odd['corrupt'] not in stored
+  for kind in ('cmyk', 'gray', 'png', 'small'):
+    example = stored[odd[kind]]
+    assert example['label'] == demo.summary.labels[odd[kind]]
+    with Image.open(io.BytesIO(example['image'])) as im:
+      assert im.format == 'JPEG', kind  # decode_and_crop_jpeg can read every stored image
+      assert im.mode == ('L' if kind == 'gray' else 'RGB'), kind
+      if kind == 'small':
+        assert im.size == (100, 60)
+  # Every stored image goes through the training augmentation.
+  cfg = demo.config(augment='paper')
+  for name in odd.values():
+    if name in stored:
+      image = ip._train_image(tf.constant(stored[name]['image']), tf.constant([0, 1], tf.int64),
+                              cfg, True).numpy()
+      assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and image.dtype == np.uint8
+  gray = ip._train_image(tf.constant(stored[odd['gray']]['image']),
+                         tf.constant([0, 2], tf.int64), cfg, True).numpy()
+  assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 0], gray[..., 2])
+
+
+def test_sanitize_image_converts_cmyk_and_png_and_rejects_garbage():
+  rgb = np.zeros((16, 24, 3), np.uint8)
+  rgb[:] = (200, 30, 40)
+  buffer = io.BytesIO()
+  Image.fromarray(rgb).convert('CMYK').save(buffer, 'JPEG', quality=95)
+  cmyk = buffer.getvalue()
+  fixed = ip.sanitize_image(cmyk)
+  with Image.open(io.BytesIO(fixed)) as im:
+    assert (im.format, im.mode) == ('JPEG', 'RGB')
+    np.testing.assert_allclose(np.asarray(im)[8, 12], (200, 30, 40), atol=6)
+  fixed = ip.sanitize_image(_encode(rgb, 'PNG'))
+  with Image.open(io.BytesIO(fixed)) as im:
+    assert im.format == 'JPEG'
+    np.testing.assert_allclose(np.asarray(im)[8, 12], (200, 30, 40), atol=6)
+  gray = _encode(rgb[..., 0], 'JPEG')
+  assert ip.sanitize_image(gray) == gray  # untouched: decodes to 3 channels as it is
+  good = _encode(rgb, 'JPEG')
+  assert ip.sanitize_image(good) == good
+  assert ip.sanitize_image(good[:len(good) // 2]) is None
+  assert ip.sanitize_image(b'not an image') is None
+
+
+def test_missing_tars_name_the_expected_files_before_any_work(tmp_path):
+  data_dir, manual_dir = tmp_path / 'tfds', tmp_path / 'manual'
+  manual_dir.mkdir()
+  cfg = data_config.DataConfig(data_dir=str(data_dir), manual_dir=str(manual_dir))
+  with pytest.raises(ip.MissingDataError) as error:
+    ip.prepare(cfg)
+  message = str(error.value)
+  assert os.path.join(str(manual_dir), 'ILSVRC2012_img_train.tar') in message
+  assert os.path.join(str(manual_dir), 'ILSVRC2012_img_val.tar') in message
+  assert not (data_dir / 'imagenet2012').exists()  # nothing was started
+  (manual_dir / 'ILSVRC2012_img_train.tar').write_bytes(b'')
+  with pytest.raises(ip.MissingDataError, match=r'missing: ILSVRC2012_img_val\.tar'):
+    ip.prepare(cfg)
+  with pytest.raises(ip.MissingDataError, match='manual_dir'):
+    ip.prepare(dataclasses.replace(cfg, manual_dir=None))
+  with pytest.raises(ip.MissingDataError, match='prepare'):
+    ip.dataset_info(cfg)
+
+
+def test_dataset_info(demo):
+  num_classes, num_train, num_eval, names = ip.dataset_info(demo.config())
+  assert (num_classes, num_train, num_eval) == (1000, 90, 10)
+  assert names[0] == 'n01440764' and len(names) == 1000
+
+
+# ----------------------------------------------------------------------------------
+# Augmentation against its definition, on images with known pixels.
+
+
+def _known_square(size=R, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+
+
+def _find_crop(crop, square):
+  """(y, x, flipped) of the exact crop of square, or None."""
+  s = crop.shape[0]
+  for y in range(square.shape[0] - s + 1):
+    for x in range(square.shape[1] - s + 1):
+      window = square[y:y + s, x:x + s]
+      if np.array_equal(crop, window):
+        return y, x, False
+      if np.array_equal(crop, window[:, ::-1]):
+        return y, x, True
+  return None
+
+
+def test_paper_crop_positions_and_flips_cover_their_range():
+  square = _known_square()
+  data = tf.constant(_encode(square))
+  cfg = data_config.DataConfig(image_size=IMAGE_SIZE)
+  crop_fn = tf.function(lambda seed: ip._train_image(data, seed, cfg, False))
+  found = [_find_crop(crop_fn(tf.constant([7, i], tf.int64)).numpy(), square) for i in range(300)]
+  assert all(f is not None for f in found)  # every output is an exact S x S crop
+  positions = {(y, x) for y, x, _ in found}
+  assert positions == {(y, x) for y in range(R - IMAGE_SIZE + 1) for x in range(R - IMAGE_SIZE + 1)}
+  flips = np.mean([f for _, _, f in found])
+  assert 0.4 < flips < 0.6
+
+
+def test_paper_crop_of_a_large_jpeg_is_resize_then_crop():
+  # A smooth 4R x 3R image: the shorter side is scaled to R, then cropped. Compare with
+  # the definition computed the long way (decode all, resize all, crop).
+  yy, xx = np.mgrid[0:3 * R, 0:4 * R].astype(np.float32)
+  image = np.stack([xx * 255 / (4 * R), yy * 255 / (3 * R), 128 + 0 * xx], -1).astype(np.uint8)
+  data = tf.constant(_encode(image, 'JPEG', quality=98))
+  cfg = data_config.DataConfig(image_size=IMAGE_SIZE)
+  full = tf.io.decode_jpeg(data).numpy()[:, (4 * R - 3 * R) // 2:][:, :3 * R]
+  square = tf.image.resize(full[None], [R, R]).numpy()[0]
+  for i in range(20):
+    seed = tf.constant([1, i], tf.int64)
+    crop = ip._train_image(data, seed, cfg, True).numpy().astype(np.float32)
+    errors = []
+    for y in range(R - IMAGE_SIZE + 1):
+      for x in range(R - IMAGE_SIZE + 1):
+        window = square[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE]
+        errors.append(min(np.abs(crop - window).mean(), np.abs(crop - window[:, ::-1]).mean()))
+    assert min(errors) < 2.0  # grey levels; the gradient moves ~9 levels per pixel
+
+
+def test_no_augmentation_is_the_centre_crop():
+  square = _known_square()
+  cfg = data_config.DataConfig(image_size=IMAGE_SIZE, augment='none')
+  crop = ip._train_image(tf.constant(_encode(square)), tf.constant([0, 0], tf.int64), cfg, False)
+  mid = (R - IMAGE_SIZE) // 2
+  np.testing.assert_array_equal(crop, square[mid:mid + IMAGE_SIZE, mid:mid + IMAGE_SIZE])
+
+
+def test_inception_crop_area_and_aspect_ranges():
+  # Pixels encode their own coordinates, so each output shows which window it came from.
+  size = 250
+  yy, xx = np.mgrid[0:size, 0:size]
+  image = np.stack([xx, yy, np.zeros_like(xx)], -1).astype(np.uint8)
+  data = tf.constant(_encode(image))
+  cfg = data_config.DataConfig(image_size=IMAGE_SIZE, augment='inception')
+  crop_fn = tf.function(lambda seed: ip._train_image(data, seed, cfg, False))
+  areas, aspects, flips = [], [], []
+  for i in range(100):
+    crop = crop_fn(tf.constant([3, i], tf.int64)).numpy().astype(np.float64)
+    assert crop.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    flipped = crop[0, 0, 0] > crop[0, -1, 0]
+    columns = np.sort(crop[0, [0, -1], 0])
+    rows = crop[[0, -1], 0, 1]
+    scale = IMAGE_SIZE / (IMAGE_SIZE - 1)  # outer pixel centres to window edges
+    width = (columns[1] - columns[0]) * scale
+    height = (rows[1] - rows[0]) * scale
+    areas.append(width * height / size**2)
+    aspects.append(width / height)
+    flips.append(flipped)
+  assert 0.08 * 0.9 <= min(areas) and max(areas) <= 1.0 + 0.02
+  assert min(areas) < 0.3 and max(areas) > 0.7  # the range is used, not a fixed crop
+  assert 0.75 * 0.9 <= min(aspects) and max(aspects) <= 4 / 3 * 1.1
+  assert 0.3 < np.mean(flips) < 0.7
+
+
+def test_ten_crops_are_the_corners_centre_and_mirrors():
+  square = _known_square(seed=3)
+  cfg = data_config.DataConfig(image_size=IMAGE_SIZE, eval_crops=10)
+  crops = ip._eval_images(tf.constant(_encode(square)), cfg, False).numpy()
+  s, far, mid = IMAGE_SIZE, R - IMAGE_SIZE, (R - IMAGE_SIZE) // 2
+  expected = [square[:s, :s], square[:s, far:], square[far:, :s], square[far:, far:],
+              square[mid:mid + s, mid:mid + s]]
+  expected += [e[:, ::-1] for e in expected]
+  assert crops.shape == (10, s, s, 3) and crops.dtype == np.uint8
+  np.testing.assert_array_equal(crops, np.stack(expected))
+  one = ip._eval_images(tf.constant(_encode(square)), dataclasses.replace(cfg, eval_crops=1),
+                        False).numpy()
+  np.testing.assert_array_equal(one, np.stack(expected[4:5]))
+
+
+def test_ten_crops_of_a_larger_image_come_from_its_resized_central_square():
+  image = _known_square(size=2 * R, seed=4)[:, :, :]
+  wide = np.concatenate([image, image[:, :R]], axis=1)  # 2R x 3R: the square is the middle
+  cfg = data_config.DataConfig(image_size=IMAGE_SIZE, eval_crops=10)
+  crops = ip._eval_images(tf.constant(_encode(wide)), cfg, False).numpy()
+  centre = wide[:, R // 2:R // 2 + 2 * R]
+  square = np.round(tf.image.resize(centre[None], [R, R]).numpy()[0]).astype(np.uint8)
+  np.testing.assert_array_equal(crops[0], square[:IMAGE_SIZE, :IMAGE_SIZE])
+  np.testing.assert_array_equal(crops[8], square[R - IMAGE_SIZE:, R - IMAGE_SIZE:][:, ::-1])
+
+
+# ----------------------------------------------------------------------------------
+# Evaluation: every example exactly once.
+
+
+@pytest.mark.parametrize('split,batch,processes', [
+    ('train[90%:]', 3, 1), ('train[90%:]', 4, 2), ('train[90%:]', 7, 2), ('train', 16, 2),
+])
+def test_every_eval_example_counted_once(demo, split, batch, processes):
+  cfg = demo.config(eval_split=split)
+  expected = _file_names(demo, split)
+  seen, steps = [], []
+  for index in range(processes):
+    batches = list(ip.eval_dataset(cfg, batch, process_index=index, process_count=processes,
+                                   keep_file_name=True).as_numpy_iterator())
+    steps.append(len(batches))
+    for b in batches:
+      assert b['images'].shape == (batch, 1, IMAGE_SIZE, IMAGE_SIZE, 3)
+      assert b['images'].dtype == np.uint8 and b['labels'].dtype == np.int32
+      seen += [n.decode() for n, m in zip(b['file_name'], b['mask']) if m]
+      assert not b['file_name'][~b['mask']].any()  # padding is blank
+  assert sorted(seen) == expected  # each once, none dropped
+  assert len(set(steps)) == 1 and steps[0] == ip.eval_steps(cfg, batch, processes)
+
+
+def test_eval_batches_are_global_arrays_with_masks(demo):
+  mesh = _mesh(4, 2)
+  cfg = demo.config(eval_crops=10)
+  batches = list(ip.eval_batches(cfg, 8, mesh))
+  assert len(batches) == 2  # 10 examples, batch 8: one padded batch, nothing dropped
+  for b in batches:
+    assert b['images'].shape == (8, 10, IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert b['images'].sharding.spec == jax.P('data')
+    assert b['mask'].dtype == np.bool_ and b['labels'].dtype == np.int32
+  assert sum(int(b['mask'].sum()) for b in batches) == 10
+  labels = np.concatenate([np.asarray(b['labels'])[np.asarray(b['mask'])] for b in batches])
+  names = _file_names(demo, 'train[90%:]')
+  assert sorted(labels) == sorted(demo.summary.labels[n] for n in names)
+
+
+# ----------------------------------------------------------------------------------
+# Training stream: determinism, resumption, global arrays.
+
+
+def _take(ds, n):
+  return [b for _, b in zip(range(n), ds.as_numpy_iterator())]
+
+
+def test_same_seed_same_batches_other_seed_other_batches(demo):
+  cfg = demo.config()
+  a, b = _take(ip.train_dataset(cfg, 16), 3), _take(ip.train_dataset(cfg, 16), 3)
+  c = _take(ip.train_dataset(dataclasses.replace(cfg, seed=1), 16), 3)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x['images'], y['images'])
+    np.testing.assert_array_equal(x['labels'], y['labels'])
+  assert not np.array_equal(a[0]['images'], c[0]['images'])
+
+
+def test_resuming_at_step_n_matches_the_uninterrupted_run(demo):
+  # 90 examples, batch 16: epochs end inside steps 5 and 11, so resuming at 4, 5 and 7
+  # covers mid-epoch, a step that spans two epochs, and the second epoch.
+  cfg = demo.config()
+  whole = _take(ip.train_dataset(cfg, 16), 12)
+  labels = np.concatenate([b['labels'] for b in whole[:11]])
+  for epoch in range(2):  # each epoch is a permutation of the split
+    per_epoch = labels[epoch * 90:(epoch + 1) * 90]
+    assert sorted(per_epoch) == sorted(labels[:90])
+  assert not np.array_equal(labels[:90], labels[90:180])  # reshuffled
+  for start in (4, 5, 7):
+    resumed = _take(ip.train_dataset(cfg, 16, start_step=start), 12 - start)
+    for step, batch in enumerate(resumed, start):
+      np.testing.assert_array_equal(batch['images'], whole[step]['images'], err_msg=f'{step}')
+      np.testing.assert_array_equal(batch['labels'], whole[step]['labels'])
+
+
+def test_processes_read_disjoint_parts(demo):
+  cfg = demo.config()
+  epochs = []
+  for index in range(2):
+    batches = _take(ip.train_dataset(cfg, 5, process_index=index, process_count=2), 9)
+    epochs.append(np.concatenate([b['images'] for b in batches]))  # 45 = one epoch each
+  # The two processes' images are different examples (no shared crops of one image).
+  flat = [e.reshape(45, -1).astype(np.float32) for e in epochs]
+  distances = np.abs(flat[0][:, None] - flat[1][None]).mean(-1)
+  assert distances.min() > 5
+
+
+def test_train_batches_are_sharded_uint8_global_arrays(demo):
+  mesh = _mesh(4, 2)
+  cfg = demo.config()
+  batches = ip.train_batches(cfg, 16, mesh, start_step=2)
+  first = next(batches)
+  assert first['images'].shape == (16, IMAGE_SIZE, IMAGE_SIZE, 3)
+  assert first['images'].dtype == np.uint8 and first['labels'].dtype == np.int32
+  assert first['images'].sharding == jax.NamedSharding(mesh, jax.P('data'))
+  assert len(first['images'].addressable_shards) == 8
+  expected = _take(ip.train_dataset(cfg, 16, start_step=2), 1)[0]
+  np.testing.assert_array_equal(np.asarray(first['images']), expected['images'])
+  with pytest.raises(ValueError, match='divisible'):
+    next(ip.train_batches(cfg, 6, mesh))
+
+
+def test_prefetch_keeps_order_and_items():
+  assert list(ip.prefetch(iter(range(5)), 2)) == [0, 1, 2, 3, 4]
+  assert list(ip.prefetch(iter([]), 2)) == []
+
+
+# ----------------------------------------------------------------------------------
+# Means and prediction inputs.
+
+
+def test_mean_for_channel_and_pixel(demo, tmp_path):
+  np.testing.assert_array_equal(ip.mean_for(demo.config()), preprocess.CHANNEL_MEAN)
+  cfg = demo.config(mean='pixel')
+  mean = ip.mean_for(cfg, workdir=str(tmp_path))
+  assert mean.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and mean.dtype == np.float32
+  stored = np.load(ip.mean_image_path(cfg, str(tmp_path)))
+  assert stored.shape == (R, R, 3)
+  # The mean of the 90 training squares, computed here the long way.
+  squares = [ip._eval_images(tf.constant(x['image']), demo.config(image_size=R), True)[0]
+             for x in tfds.builder('imagenet2012', data_dir=demo.data_dir).as_dataset(
+                 'train[:90%]', decoders={'image': tfds.decode.SkipDecoding()})
+             .as_numpy_iterator()]
+  np.testing.assert_allclose(stored, np.mean(squares, axis=0), atol=1e-3)
+  mid = (R - IMAGE_SIZE) // 2
+  np.testing.assert_array_equal(mean, stored[mid:mid + IMAGE_SIZE, mid:mid + IMAGE_SIZE])
+  np.save(ip.mean_image_path(cfg, str(tmp_path)), np.zeros((R, R, 3), np.float32))
+  assert not ip.mean_for(cfg, workdir=str(tmp_path)).any()  # read back, not recomputed
+
+
+def test_load_images_for_predict(tmp_path):
+  square = _known_square(seed=9)
+  png_named_jpeg = tmp_path / 'a.jpg'
+  png_named_jpeg.write_bytes(_encode(square))
+  jpeg = tmp_path / 'b.jpeg'
+  jpeg.write_bytes(_encode(square, 'JPEG', quality=95))
+  cfg = data_config.DataConfig(image_size=IMAGE_SIZE, eval_crops=10)
+  crops = ip.load_images_for_predict([str(png_named_jpeg), str(jpeg)], cfg)
+  assert crops.shape == (2, 10, IMAGE_SIZE, IMAGE_SIZE, 3) and crops.dtype == np.uint8
+  np.testing.assert_array_equal(crops[0, 0], square[:IMAGE_SIZE, :IMAGE_SIZE])
+  assert np.abs(crops[1].astype(int) - crops[0]).mean() < 12  # JPEG-compressed noise
+  text = tmp_path / 'notes.jpg'
+  text.write_text('not an image')
+  with pytest.raises(ValueError, match='notes.jpg'):
+    ip.load_images_for_predict([str(text)], cfg)
+  with pytest.raises(FileNotFoundError, match='missing.png'):
+    ip.load_images_for_predict([str(tmp_path / 'missing.png')], cfg)
+
+
+# ----------------------------------------------------------------------------------
+# No TensorFlow on the accelerator side.
+
+
+def test_model_side_modules_do_not_import_tensorflow():
+  code = ('import sys\n'
+          'import alexnet_jax.model, alexnet_jax.parallel, alexnet_jax.preprocess\n'
+          'import alexnet_jax.synthetic_data, alexnet_jax.data_config, alexnet_jax.demo_data\n'
+          'bad = sorted(m for m in sys.modules if m.split(".")[0] in '
+          '("tensorflow", "tensorflow_datasets", "tf_keras", "keras"))\n'
+          'assert not bad, bad\n'
+          'assert "alexnet_jax.preprocess" in sys.modules\n'
+          'print("ok")\n')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root)
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == 'ok'
+
+
+def test_synthetic_batches_are_device_resident_uint8():
+  mesh = _mesh(2, 2)
+  batches = synthetic_data.synthetic_batches(8, 16, 10, mesh, seed=0)
+  a, b, c = next(batches), next(batches), next(batches)
+  assert a['images'].shape == (8, 16, 16, 3) and a['images'].dtype == np.uint8
+  assert a['labels'].dtype == np.int32 and 0 <= int(a['labels'].min()) <= int(a['labels'].max()) < 10
+  assert a['images'].sharding == jax.NamedSharding(mesh, jax.P('data'))
+  assert not np.array_equal(a['images'], b['images'])
+  assert c['images'] is a['images']  # cycled, not regenerated
+  with pytest.raises(ValueError, match='divisible'):
+    next(synthetic_data.synthetic_batches(3, 16, 10, mesh))
