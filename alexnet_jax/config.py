@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from absl import flags
 
+from alexnet_jax import data_config as data_config_lib
 from alexnet_jax import model as model_lib
+from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import parallel
+from alexnet_jax import train
 
 MODES = ('train', 'eval', 'predict', 'summary', 'benchmark')
 
@@ -43,6 +46,50 @@ CPU_DEVICES = flags.DEFINE_integer('cpu_devices', None,
                                    'on a laptop). Only when running on the CPU.')
 BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
 
+# Data.
+DATASET = flags.DEFINE_string('dataset', 'imagenet2012', 'Any TFDS image-classification dataset.')
+DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir (default: TFDS\'s own).')
+MANUAL_DIR = flags.DEFINE_string('manual_dir', None,
+                                 'Where ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar lie.')
+DEMO_DATA = flags.DEFINE_bool('demo_data', False, 'Write the built-in demo ImageNet tars into '
+                              '--manual_dir first (if they are not there yet).')
+TRAIN_SPLIT = flags.DEFINE_string('train_split', 'train', 'TFDS split string, e.g. train[:90%].')
+EVAL_SPLIT = flags.DEFINE_string('eval_split', 'validation', 'TFDS split string.')
+AUGMENT = flags.DEFINE_enum('augment', 'paper', data_config_lib.AUGMENTS,
+                            'paper: 256 square, random crop, flip, PCA noise.')
+EVAL_CROPS = flags.DEFINE_integer('eval_crops', 1, '1 (centre) or 10 (the paper\'s).')
+MEAN = flags.DEFINE_enum('mean', 'channel', data_config_lib.MEANS,
+                         'Subtract the per-channel mean or the per-pixel mean image.')
+PCA_STD = flags.DEFINE_float('pca_std', 0.1, 'Std of the PCA colour noise; 0 turns it off.')
+SHUFFLE_BUFFER = flags.DEFINE_integer('shuffle_buffer', 10_000, 'Examples in the shuffle buffer.')
+
+# Optimizer.
+LEARNING_RATE = flags.DEFINE_float('learning_rate', 0.01, 'Base learning rate (paper: 0.01).')
+MOMENTUM = flags.DEFINE_float('momentum', 0.9, 'Momentum (paper: 0.9).')
+WEIGHT_DECAY = flags.DEFINE_float('weight_decay', 5e-4, 'Weight decay (paper: 0.0005).')
+DECAY_BIASES = flags.DEFINE_bool('decay_biases', False, 'Also decay biases.')
+SCHEDULE = flags.DEFINE_enum('schedule', 'plateau', optimizer_lib.SCHEDULES,
+                             'plateau: /10 when eval error stops improving (paper).')
+LINEAR_SCALING = flags.DEFINE_bool('linear_scaling', False, 'Learning rate x batch / 128.')
+WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 0, 'cosine: linear warm-up steps.')
+LR_STEP_EVERY = flags.DEFINE_integer('lr_step_every', 0, 'step: divide by 10 every N steps.')
+PLATEAU_PATIENCE = flags.DEFINE_integer('plateau_patience', 1,
+                                        'plateau: evaluations without improvement before a drop.')
+MAX_DROPS = flags.DEFINE_integer('max_drops', 3, 'plateau: at most this many drops.')
+
+# Loop.
+NUM_EPOCHS = flags.DEFINE_float('num_epochs', 90.0, 'Training epochs.')
+NUM_TRAIN_STEPS = flags.DEFINE_integer('num_train_steps', 0, 'Wins over --num_epochs when > 0.')
+EVAL_EVERY_STEPS = flags.DEFINE_integer('eval_every_steps', 0, '0: every epoch.')
+CHECKPOINT_EVERY_STEPS = flags.DEFINE_integer('checkpoint_every_steps', 1000, 'Save every N steps.')
+LOG_EVERY_STEPS = flags.DEFINE_integer('log_every_steps', 50, 'Progress line every N steps.')
+KEEP_CHECKPOINTS = flags.DEFINE_integer('keep_checkpoints', 3,
+                                        'Newest checkpoints kept (the best is kept too).')
+EVAL_BATCH_SIZE = flags.DEFINE_integer('eval_batch_size', 0, '0: --batch_size.')
+PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 0, 'Write a profiler trace of N steps.')
+CHECKPOINT_STEP = flags.DEFINE_integer('checkpoint_step', None, 'eval/predict: this step.')
+IMAGE = flags.DEFINE_list('image', [], 'predict: image files.')
+
 
 def mode() -> str:
   return _MODE.value
@@ -67,3 +114,37 @@ def mesh_shape(num_devices: int, towers: int) -> parallel.MeshShape:
     raise ValueError(f'--batch_size={BATCH_SIZE.value} must be a positive multiple of the '
                      f'data axis ({shape.data}) so every data shard gets the same batch.')
   return shape
+
+
+def data_config() -> data_config_lib.DataConfig:
+  config = data_config_lib.DataConfig(
+      dataset=DATASET.value, data_dir=DATA_DIR.value, manual_dir=MANUAL_DIR.value,
+      train_split=TRAIN_SPLIT.value, eval_split=EVAL_SPLIT.value, image_size=IMAGE_SIZE.value,
+      augment=AUGMENT.value, eval_crops=EVAL_CROPS.value, mean=MEAN.value, pca_std=PCA_STD.value,
+      shuffle_buffer=SHUFFLE_BUFFER.value, seed=SEED.value)
+  config.validate()
+  return config
+
+
+def optimizer_config() -> optimizer_lib.OptimizerConfig:
+  config = optimizer_lib.OptimizerConfig(
+      learning_rate=LEARNING_RATE.value, momentum=MOMENTUM.value,
+      weight_decay=WEIGHT_DECAY.value, decay_biases=DECAY_BIASES.value, schedule=SCHEDULE.value,
+      linear_scaling=LINEAR_SCALING.value, warmup_steps=WARMUP_STEPS.value,
+      step_every=LR_STEP_EVERY.value, plateau_patience=PLATEAU_PATIENCE.value,
+      max_drops=MAX_DROPS.value)
+  config.validate()
+  return config
+
+
+def train_config() -> train.TrainConfig:
+  config = train.TrainConfig(
+      batch_size=BATCH_SIZE.value, num_epochs=NUM_EPOCHS.value,
+      num_train_steps=NUM_TRAIN_STEPS.value, eval_every_steps=EVAL_EVERY_STEPS.value,
+      checkpoint_every_steps=CHECKPOINT_EVERY_STEPS.value, log_every_steps=LOG_EVERY_STEPS.value,
+      keep_checkpoints=KEEP_CHECKPOINTS.value, eval_batch_size=EVAL_BATCH_SIZE.value,
+      profile_steps=PROFILE_STEPS.value, seed=SEED.value)
+  for name in ('checkpoint_every_steps', 'log_every_steps', 'keep_checkpoints'):
+    if getattr(config, name) < 1:
+      raise ValueError(f'--{name} must be at least 1, got {getattr(config, name)}.')
+  return config

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from absl import app
 from absl import logging
 import jax
@@ -9,29 +12,104 @@ import jax
 from alexnet_jax import config as flags_lib
 from alexnet_jax import parallel
 
+# Errors that mean "the input is wrong", reported as one clear line, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
-def _setup_devices() -> None:
+
+def _validated():
+  """Every config the mode needs, checked before anything is compiled or read."""
+  mode = flags_lib.mode()
+  model_config = flags_lib.model_config()
+  needs_data = mode in ('train', 'eval', 'predict')
+  data_config = flags_lib.data_config() if needs_data else None
+  opt_config = flags_lib.optimizer_config()
+  train_config = flags_lib.train_config()
+  if needs_data and not flags_lib.WORKDIR.value:
+    raise ValueError(f'--mode={mode} needs --workdir (where checkpoints and metrics live).')
+  if mode == 'predict' and not flags_lib.IMAGE.value:
+    raise ValueError('--mode=predict needs --image=FILE[,FILE...].')
+  if data_config and data_config.image_size != model_config.image_size:
+    raise ValueError('the data and the model disagree on the image size.')
+  if flags_lib.DEMO_DATA.value and not flags_lib.MANUAL_DIR.value:
+    raise ValueError('--demo_data writes the demo tars into --manual_dir: set --manual_dir.')
   if flags_lib.CPU_DEVICES.value:
     jax.config.update('jax_num_cpu_devices', flags_lib.CPU_DEVICES.value)
+  shape = flags_lib.mesh_shape(jax.device_count(), model_config.towers)
+  return model_config, data_config, opt_config, train_config, shape
+
+
+def _write_demo_data() -> None:
+  from alexnet_jax import demo_data  # pylint: disable=import-outside-toplevel
+  manual_dir = flags_lib.MANUAL_DIR.value
+  if not os.path.exists(os.path.join(manual_dir, demo_data.TRAIN_TAR)):
+    logging.info('Writing the demo ImageNet tars into %s', manual_dir)
+    demo_data.write_demo_imagenet(manual_dir)
+
+
+def _class_names(data_config) -> list[str]:
+  from alexnet_jax import demo_data, input_pipeline, predict  # pylint: disable=import-outside-toplevel
+  labels = input_pipeline.dataset_info(data_config)[3]
+  demo = ({c.synset: c.shape for c in demo_data.CLASSES} if flags_lib.DEMO_DATA.value else {})
+  return predict.readable(labels, demo)
+
+
+def run(mode, model_config, data_config, opt_config, train_config, mesh) -> None:
+  workdir = flags_lib.WORKDIR.value
+  if mode == 'summary':
+    from alexnet_jax import summary, train  # pylint: disable=import-outside-toplevel
+    print(summary.run(model_config, mesh, train_config.batch_size, train.lower_train_step))
+    return
+  if mode == 'benchmark':
+    from alexnet_jax import benchmark  # pylint: disable=import-outside-toplevel
+    benchmark.run(model_config, opt_config, train_config, mesh, workdir)
+    return
+  from alexnet_jax import evaluate, input_pipeline, train  # pylint: disable=import-outside-toplevel
+  if flags_lib.DEMO_DATA.value:
+    _write_demo_data()
+  if mode == 'train':
+    input_pipeline.prepare(data_config)
+    train.train_and_evaluate(model_config, data_config, opt_config, train_config, mesh, workdir)
+    return
+  step, params = train.restore_params(model_config, opt_config, mesh, workdir,
+                                      flags_lib.CHECKPOINT_STEP.value)
+  mean = input_pipeline.mean_for(data_config, workdir)
+  if mode == 'eval':
+    batch = train_config.eval_batch_size or train_config.batch_size
+    eval_step = evaluate.make_eval_step(model_config, mesh, mean)
+    steps = input_pipeline.eval_steps(data_config, batch // jax.process_count())
+    with jax.set_mesh(mesh):
+      result = evaluate.evaluate(eval_step, params,
+                                 input_pipeline.eval_batches(data_config, batch, mesh), steps)
+    result['crops'] = data_config.eval_crops
+    if jax.process_index() == 0:
+      path = evaluate.write_result(workdir, data_config.eval_split, step, result)
+      print(f'{data_config.eval_split} at step {step}: {evaluate.result_summary(result)}')
+      print(f'Wrote {path}')
+  elif mode == 'predict':
+    from alexnet_jax import predict  # pylint: disable=import-outside-toplevel
+    paths = flags_lib.IMAGE.value
+    crops = input_pipeline.load_images_for_predict(paths, data_config)
+    probs, classes = predict.top5(model_config, mesh, params, crops, mean)
+    print(f'Checkpoint step {step}, {data_config.eval_crops} crop(s):')
+    print(predict.format_predictions(paths, probs, classes, _class_names(data_config)))
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    model_config = flags_lib.model_config()
-    _setup_devices()
-    shape = flags_lib.mesh_shape(jax.device_count(), model_config.towers)
+    model_config, data_config, opt_config, train_config, shape = _validated()
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   mesh = parallel.make_mesh(shape)
   mode = flags_lib.mode()
-  logging.info('mode=%s mesh=%s devices=%s', mode, shape, jax.devices()[0].device_kind)
-  if mode == 'summary':
-    from alexnet_jax import summary, train
-    print(summary.run(model_config, mesh, flags_lib.BATCH_SIZE.value, train.lower_train_step))
-  else:
-    raise app.UsageError(f'--mode={mode} is not built yet.')
+  logging.info('mode=%s mesh=%s devices=%d x %s', mode, shape, jax.device_count(),
+               jax.devices()[0].device_kind)
+  try:
+    run(mode, model_config, data_config, opt_config, train_config, mesh)
+  except USER_ERRORS as error:
+    print(f'alexnet_jax: error: {error}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -1,13 +1,59 @@
-"""Training: the loss, the jitted step over the mesh."""
+"""Training: the train state, the jitted step over the mesh, and the loop.
+
+One step: uint8 batch -> PCA noise and mean subtraction (preprocess) -> the sharded
+forward (parallel) -> cross-entropy -> gradients from outside the shard_map -> the
+paper's SGD (optimizer). The RNG of step N is fold_in(seed, N) and the input position is
+N * batch, so the step number alone says where a resumed run continues.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import signal
+import threading
+from typing import Any
+
+from absl import logging
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
+from alexnet_jax import checkpoints as checkpoints_lib
+from alexnet_jax import evaluate as evaluate_lib
+from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
+from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import parallel
+from alexnet_jax import preprocess
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  plateau: Any          # optax.contrib reduce_on_plateau state: the learning-rate scale
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  batch_size: int = 128
+  num_epochs: float = 90.0
+  num_train_steps: int = 0              # wins over num_epochs when > 0
+  eval_every_steps: int = 0             # 0: once per epoch
+  checkpoint_every_steps: int = 1000
+  log_every_steps: int = 50
+  keep_checkpoints: int = 3
+  eval_batch_size: int = 0              # 0: batch_size
+  profile_steps: int = 0                # trace this many steps (after 5 warm-up steps)
+  seed: int = 0
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss stopped being a finite number."""
 
 
 def loss_fn(forward, params, images, labels, dropout_rng):
@@ -16,14 +62,229 @@ def loss_fn(forward, params, images, labels, dropout_rng):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+class Trainer:
+  """The optimizer, schedules and jitted step for one configuration on one mesh."""
+
+  def __init__(self, model_config: model_lib.ModelConfig,
+               opt_config: optimizer_lib.OptimizerConfig, mesh, *, batch_size: int,
+               total_steps: int, mean, pca_std: float, seed: int):
+    self.model_config, self.opt_config, self.mesh = model_config, opt_config, mesh
+    self.seed = seed
+    self.schedule = optimizer_lib.schedule(opt_config, batch_size, total_steps)
+    self.plateau = optimizer_lib.plateau_rule(opt_config)
+    self.tx = optimizer_lib.make(opt_config, parallel.abstract_sharded_params(model_config, mesh))
+    self._replicated = jax.sharding.NamedSharding(mesh, jax.P())
+    self.step = jax.jit(self._step, donate_argnums=0)
+    self._forward = parallel.sharded_forward(model_config, mesh)
+    self._mean = jnp.asarray(mean, jnp.float32)
+    self._pca_std = pca_std
+
+  def init_state(self, rng: jax.Array) -> TrainState:
+    params = parallel.init_sharded_params(self.model_config, rng, self.mesh)
+    return jax.jit(self._state_from_params)(params)
+
+  def _state_from_params(self, params) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params), plateau=self.plateau.init(params))
+
+  def abstract_state(self) -> TrainState:
+    """ShapeDtypeStructs with this mesh's shardings: the restore target."""
+    params = parallel.abstract_sharded_params(self.model_config, self.mesh)
+    shapes = jax.eval_shape(self._state_from_params, params)
+    shardings = jax.jit(self._state_from_params).lower(params).compile().output_shardings
+    return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                                 sharding=sharding),
+                        shapes, shardings)
+
+  def learning_rate(self, state: TrainState) -> jax.Array:
+    return self.schedule(state.step) * state.plateau.scale
+
+  def _step(self, state: TrainState, batch: dict):
+    rng = jax.random.fold_in(jax.random.key(self.seed), state.step)
+    pca_rng, dropout_rng = jax.random.split(rng)
+    images = preprocess.normalize(batch['images'], mean=self._mean, pca_std=self._pca_std,
+                                  rng=pca_rng)
+    loss, grads = jax.value_and_grad(
+        lambda p: loss_fn(self._forward, p, images, batch['labels'], dropout_rng))(state.params)
+    learning_rate = self.learning_rate(state)
+    opt_state = state.opt_state._replace(
+        hyperparams={**state.opt_state.hyperparams, 'learning_rate': learning_rate})
+    updates, opt_state = self.tx.update(grads, opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, {'loss': loss, 'learning_rate': learning_rate}
+
+  def after_eval(self, state: TrainState, top1: float) -> TrainState:
+    """Feeds the validation error to the plateau rule (paper: divide by 10 on a plateau)."""
+    if self.opt_config.schedule != 'plateau':
+      return state
+    _, plateau = self.plateau.update(updates={}, state=state.plateau, value=1.0 - top1)
+    return state.replace(plateau=jax.device_put(plateau, self._replicated))
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: saving a checkpoint after this step, then stopping.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(loss: float, step: int, checkpoints: checkpoints_lib.Checkpoints) -> None:
+  if not math.isfinite(loss):
+    checkpoints.wait()
+    saved = checkpoints.steps()
+    raise NonFiniteLossError(
+        f'the training loss became {loss} at step {step}. Nothing after the last good '
+        f'checkpoint was saved ({"step " + str(saved[-1]) if saved else "none yet"}). '
+        'Lower --learning_rate, try --init=he, or check the input data.')
+
+
+def train_and_evaluate(model_config, data_config, opt_config, train_config: TrainConfig,
+                       mesh, workdir: str) -> dict | None:
+  """Trains (resuming from the newest checkpoint in workdir) and evaluates.
+
+  Returns the last evaluation result, or None if stopped by SIGTERM before the end.
+  """
+  from alexnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  num_classes, num_train, _, _ = input_pipeline.dataset_info(data_config)
+  if num_classes != model_config.num_classes:
+    raise ValueError(f'{data_config.dataset} has {num_classes} classes but the model has '
+                     f'{model_config.num_classes}: set --num_classes={num_classes}.')
+  batch = train_config.batch_size
+  steps_per_epoch = max(1, num_train // batch)
+  total = train_config.num_train_steps or max(1, round(train_config.num_epochs * steps_per_epoch))
+  eval_every = train_config.eval_every_steps or steps_per_epoch
+  eval_batch = train_config.eval_batch_size or batch
+  eval_steps = input_pipeline.eval_steps(data_config, eval_batch // jax.process_count())
+  mean = input_pipeline.mean_for(data_config, workdir)
+
+  trainer = Trainer(model_config, opt_config, mesh, batch_size=batch, total_steps=total,
+                    mean=mean, pca_std=data_config.pca_std, seed=train_config.seed)
+  eval_step = evaluate_lib.make_eval_step(model_config, mesh, mean)
+  checkpoints = checkpoints_lib.Checkpoints(workdir, dataclasses.asdict(model_config),
+                                            keep=train_config.keep_checkpoints)
+  writer = metrics_lib.MetricsWriter(workdir)
+  state = checkpoints.restore(trainer.abstract_state())
+  if state is None:
+    state = trainer.init_state(jax.random.key(train_config.seed))
+  first = int(state.step)
+  logging.info('Training steps %d..%d of %d (%d per epoch), batch %d, on mesh %s.',
+               first, total, total, steps_per_epoch, batch, dict(mesh.shape))
+  batches = input_pipeline.train_batches(data_config, batch, mesh, start_step=first)
+  progress = metrics_lib.Progress(total, batch, first)
+
+  def run_eval(state, step):
+    result = evaluate_lib.evaluate(
+        eval_step, state.params, input_pipeline.eval_batches(data_config, eval_batch, mesh),
+        eval_steps)
+    result['crops'] = data_config.eval_crops
+    if jax.process_index() == 0:
+      evaluate_lib.write_result(workdir, data_config.eval_split, step, result)
+    writer.write(step, top1=result['top1'], top5=result['top5'], eval_loss=result['loss'],
+                 epoch=step / steps_per_epoch, crops=data_config.eval_crops)
+    logging.info('eval at step %d: %s', step, evaluate_lib.result_summary(result))
+    return result
+
+  result, pending, losses = None, None, []
+
+  def flush():
+    """Checks the loss of the last dispatched step (this waits for that step)."""
+    nonlocal pending
+    if pending is not None:
+      losses.append(_checked_loss(*pending, checkpoints))
+      pending = None
+
+  try:
+    with _Preemption() as preemption, jax.set_mesh(mesh):
+      for step in range(first, total):
+        if preemption.requested:
+          checkpoints.save(step, state)
+          checkpoints.wait()
+          logging.warning('Stopped at step %d after SIGTERM; checkpoint saved.', step)
+          return None
+        if train_config.profile_steps and step == first + 5:
+          jax.profiler.start_trace(f'{workdir}/profile')
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          state, metrics = trainer.step(state, next(batches))
+        if train_config.profile_steps and step == first + 5 + train_config.profile_steps:
+          jax.profiler.stop_trace()
+        flush()  # the previous step's loss, read while this step runs
+        pending = (step, metrics)
+        done = step + 1
+        reporting = done % train_config.log_every_steps == 0 or done == total
+        evaluating = done % eval_every == 0 or done == total
+        saving = evaluating or done % train_config.checkpoint_every_steps == 0
+        if reporting or evaluating or saving:
+          flush()  # never report, evaluate or save a state after a non-finite loss
+        if reporting:
+          learning_rate = float(metrics['learning_rate'])
+          line, rate = progress.line(done, float(np.mean(losses)), learning_rate)
+          if jax.process_index() == 0:
+            logging.info(line)
+          writer.write(done, loss=float(np.mean(losses)), learning_rate=learning_rate,
+                       images_per_second=rate, epoch=done / steps_per_epoch)
+          losses = []
+        if evaluating:
+          result = run_eval(state, done)
+          state = trainer.after_eval(state, result['top1'])
+        if saving:
+          checkpoints.save(done, state, {'top1': result['top1']} if evaluating else None)
+  finally:
+    checkpoints.close()
+    writer.close()
+  if jax.process_index() == 0:
+    from alexnet_jax import figures  # pylint: disable=import-outside-toplevel
+    figures.learning_curves([workdir], f'{workdir}/learning_curves.png')
+  return result
+
+
+def restore_params(model_config, opt_config, mesh, workdir: str, step: int | None = None):
+  """(step, params) of the newest checkpoint in workdir (or of `step`), laid out on mesh."""
+  checkpoints = checkpoints_lib.Checkpoints(workdir, dataclasses.asdict(model_config))
+  try:
+    if not checkpoints.steps():
+      raise checkpoints_lib.NoCheckpointError(
+          f'no checkpoints in {checkpoints.directory}: train first '
+          f'(--mode=train --workdir={workdir}) or point --workdir at a training run.')
+    trainer = Trainer(model_config, opt_config, mesh, batch_size=1, total_steps=1,
+                      mean=preprocess.CHANNEL_MEAN, pca_std=0.0, seed=0)
+    state = checkpoints.restore(trainer.abstract_state(), step)
+    if state is None:
+      raise checkpoints_lib.NoCheckpointError(f'no readable checkpoint in {checkpoints.directory}.')
+    return int(state.step), state.params
+  finally:
+    checkpoints.close()
+
+
+def _checked_loss(step, metrics, checkpoints) -> float:
+  loss = float(metrics['loss'])
+  _check_finite(loss, step, checkpoints)
+  return loss
+
+
 def lower_train_step(config: model_lib.ModelConfig, mesh, global_batch: int):
   """The jitted training step lowered for abstract inputs on `mesh` (no data, no compute)."""
-  forward = parallel.sharded_forward(config, mesh)
-  params = parallel.abstract_sharded_params(config, mesh)
+  trainer = Trainer(config, optimizer_lib.OptimizerConfig(), mesh, batch_size=global_batch,
+                    total_steps=1, mean=preprocess.CHANNEL_MEAN, pca_std=0.1, seed=0)
   size = config.image_size
-  images = jax.ShapeDtypeStruct((global_batch, size, size, 3), np.float32,
-                                sharding=parallel.batch_sharding(mesh))
-  labels = jax.ShapeDtypeStruct((global_batch,), np.int32, sharding=parallel.batch_sharding(mesh))
-  grad = jax.jit(jax.grad(lambda p, x, y, r: loss_fn(forward, p, x, y, r)))
+  data = parallel.batch_sharding(mesh)
+  batch = {'images': jax.ShapeDtypeStruct((global_batch, size, size, 3), jnp.uint8,
+                                          sharding=data),
+           'labels': jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=data)}
   with jax.set_mesh(mesh):
-    return grad.lower(params, images, labels, jax.random.key(0))
+    return trainer.step.lower(trainer.abstract_state(), batch)

@@ -1,0 +1,130 @@
+"""Orbax checkpoints of the train state: save, auto-resume, restore onto another mesh.
+
+Layout: WORKDIR/checkpoints/<step>/{state, config}. `state` is the whole train state
+(parameters, optimizer and schedule state, step); the step also fixes the dropout keys
+and the input position, so a resumed run continues exactly. `config` is the JSON of the
+settings that decide the parameters' shapes, checked before anything is restored.
+
+Saves are asynchronous; the newest `keep` and the best by eval top-1 are kept. A newest
+checkpoint that cannot be read (half-written, truncated) is moved to WORKDIR/corrupt/
+and the next older one is used: nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+# Settings that change the parameters' shapes: a checkpoint only fits the same ones.
+SHAPE_FIELDS = ('towers', 'num_classes', 'image_size', 'width', 'crossings')
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint was written by a model of another configuration."""
+
+
+class NoCheckpointError(FileNotFoundError):
+  """There is no readable checkpoint where one is needed."""
+
+
+def _same(a, b) -> bool:
+  return (list(a) if isinstance(a, (list, tuple)) else a) == (
+      list(b) if isinstance(b, (list, tuple)) else b)
+
+
+def check_compatible(saved: dict, current: dict, where: str) -> None:
+  """Raises CheckpointMismatchError naming every shape setting that differs."""
+  differences = [f'{key}={saved.get(key)!r} there, {current.get(key)!r} here'
+                 for key in SHAPE_FIELDS if not _same(saved.get(key), current.get(key))]
+  if differences:
+    raise CheckpointMismatchError(
+        f'the checkpoint in {where} belongs to another model: {"; ".join(differences)}. '
+        'Use the flags it was trained with, or another --workdir.')
+
+
+class Checkpoints:
+  """The checkpoints of one workdir for one model configuration."""
+
+  def __init__(self, workdir: str, model_config: dict, keep: int = 3):
+    self.workdir = workdir
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.model_config = model_config
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(keep),
+        checkpoint_managers.BestN(get_metric_fn=lambda metrics: metrics['top1'], n=1,
+                                  keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=True,
+                                           preservation_policy=policy)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=('state', 'config'))
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state, metrics: dict | None = None) -> None:
+    """Starts an asynchronous save (a step already saved is left as it is)."""
+    if step in self.manager.all_steps():
+      return
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(self.model_config)),
+        metrics=metrics, force=True)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+  def saved_config(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))['config']
+
+  def restore(self, abstract_state, step: int | None = None):
+    """The newest readable state (or that of `step`) laid out like `abstract_state`.
+
+    abstract_state's leaves are jax.ShapeDtypeStructs with the shardings wanted now,
+    so a checkpoint written on one mesh restores onto any other. Returns None when the
+    workdir has no checkpoint (and `step` is None).
+    """
+    candidates = [step] if step is not None else list(reversed(self.steps()))
+    if step is not None and step not in self.manager.all_steps():
+      raise NoCheckpointError(f'no checkpoint of step {step} in {self.directory}; '
+                              f'there are {self.steps() or "none"}.')
+    for candidate in candidates:
+      try:
+        saved = self.saved_config(candidate)
+      except Exception as error:  # pylint: disable=broad-except
+        self._set_aside(candidate, error)
+        continue
+      check_compatible(saved, self.model_config, self.directory)
+      try:
+        restored = self.manager.restore(candidate, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))
+      except Exception as error:  # pylint: disable=broad-except
+        self._set_aside(candidate, error)
+        continue
+      logging.info('Restored step %d from %s', candidate, self.directory)
+      return restored['state']
+    if step is not None:
+      raise NoCheckpointError(f'checkpoint {step} in {self.directory} could not be read.')
+    return None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves an unreadable checkpoint out of the way, keeping its files."""
+    corrupt = os.path.join(os.path.abspath(self.workdir), 'corrupt')
+    target = os.path.join(corrupt, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    logging.warning('Checkpoint %d in %s cannot be read (%s: %s); moved to %s, using an older '
+                    'one.', step, self.directory, type(error).__name__,
+                    str(error).splitlines()[0][:200] if str(error) else '', target)
+    if jax.process_index() == 0:
+      os.makedirs(corrupt, exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    self.manager.reload()

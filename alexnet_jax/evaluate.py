@@ -1,0 +1,78 @@
+"""Evaluation: 1-crop or the paper's 10 crops, top-1/top-5, every example counted once.
+
+Batches come padded with a mask (input_pipeline.eval_batches); the step returns sums of
+correct predictions over real examples only, and the host adds them up, so the counts
+are exact whatever the batch size and number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from alexnet_jax import parallel
+from alexnet_jax import preprocess
+
+
+def crop_probabilities(forward, params, images, mean) -> jax.Array:
+  """Softmax averaged over crops: images uint8 (B, C, S, S, 3) -> (B, classes)."""
+  batch, crops = images.shape[:2]
+  flat = images.reshape((batch * crops,) + images.shape[2:])
+  logits = forward(params, preprocess.normalize(flat, mean=mean))
+  return jax.nn.softmax(logits).reshape(batch, crops, -1).mean(axis=1)
+
+
+def make_eval_step(model_config, mesh, mean) -> Callable:
+  """eval_step(params, batch) -> sums of correct top-1, top-5, loss and examples."""
+  forward = parallel.sharded_forward(model_config, mesh)
+  mean = jnp.asarray(mean)
+
+  @jax.jit
+  def eval_step(params, batch):
+    probs = crop_probabilities(forward, params, batch['images'], mean)
+    labels, mask = batch['labels'], batch['mask']
+    top5 = jax.lax.top_k(probs, min(5, probs.shape[-1]))[1]
+    hit1 = (top5[:, 0] == labels) & mask
+    hit5 = jnp.any(top5 == labels[:, None], axis=-1) & mask
+    nll = optax.softmax_cross_entropy_with_integer_labels(jnp.log(probs + 1e-12), labels)
+    return {'correct1': hit1.sum(), 'correct5': hit5.sum(),
+            'loss': jnp.where(mask, nll, 0.0).sum(), 'examples': mask.sum()}
+
+  return eval_step
+
+
+def evaluate(eval_step, params, batches: Iterable[dict], num_steps: int) -> dict:
+  """Runs eval_step over num_steps batches; returns top1, top5, loss, num_examples."""
+  totals = None
+  for _, batch in zip(range(num_steps), batches):
+    sums = eval_step(params, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  examples = int(totals['examples'])
+  if examples == 0:
+    raise ValueError('the evaluation split has no examples.')
+  return {'top1': float(totals['correct1']) / examples,
+          'top5': float(totals['correct5']) / examples,
+          'loss': float(totals['loss']) / examples, 'num_examples': examples}
+
+
+def write_result(workdir: str, split: str, step: int, result: dict) -> str:
+  """Writes WORKDIR/eval/<split>_step<N>.json and returns its path."""
+  directory = os.path.join(workdir, 'eval')
+  os.makedirs(directory, exist_ok=True)
+  name = ''.join(c if c.isalnum() else '_' for c in split).strip('_')
+  path = os.path.join(directory, f'{name}_step{step}.json')
+  with open(path, 'w') as f:
+    json.dump(dict(result, step=step, split=split), f, indent=2, sort_keys=True)
+  return path
+
+
+def result_summary(result: dict) -> str:
+  return (f"top-1 {100 * result['top1']:.2f}% (error {100 * (1 - result['top1']):.2f}%), "
+          f"top-5 {100 * result['top5']:.2f}% (error {100 * (1 - result['top5']):.2f}%), "
+          f"{result['num_examples']} examples, {result.get('crops', '?')} crop(s)")

@@ -1,0 +1,56 @@
+"""--mode=predict: the top-5 classes of image files, with names and probabilities."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import evaluate as evaluate_lib
+from alexnet_jax import parallel
+
+_NAMES_FILE = os.path.join(os.path.dirname(__file__), 'imagenet_class_names.txt')
+
+
+@functools.cache
+def imagenet_names() -> dict[str, str]:
+  """ImageNet synset -> WordNet lemmas ('n01440764' -> 'tench, Tinca tinca')."""
+  with open(_NAMES_FILE) as f:
+    return dict(line.rstrip('\n').split('\t', 1) for line in f if not line.startswith('#'))
+
+
+def readable(labels: Sequence[str], overrides: dict[str, str] | None = None) -> list[str]:
+  """Human names for dataset labels (ImageNet synsets become their lemmas)."""
+  names = {**imagenet_names(), **(overrides or {})}
+  return [names.get(label, label) for label in labels]
+
+
+def top5(model_config, mesh, params, crops: np.ndarray, mean) -> tuple[np.ndarray, np.ndarray]:
+  """crops uint8 (N, C, S, S, 3) -> (probabilities, class indices), each (N, 5)."""
+  forward = parallel.sharded_forward(model_config, mesh)
+  data = mesh.shape[parallel.DATA]
+  count = crops.shape[0]
+  padded = np.concatenate([crops, np.zeros((-count % data,) + crops.shape[1:], crops.dtype)])
+  images = jax.device_put(padded, parallel.batch_sharding(mesh))
+
+  @jax.jit
+  def run(params, images):
+    probs = evaluate_lib.crop_probabilities(forward, params, images, jnp.asarray(mean))
+    return jax.lax.top_k(probs, min(5, probs.shape[-1]))
+
+  with jax.set_mesh(mesh):
+    probs, classes = jax.device_get(run(params, images))
+  return probs[:count], classes[:count]
+
+
+def format_predictions(paths, probs, classes, names: Sequence[str]) -> str:
+  lines = []
+  for path, p, c in zip(paths, probs, classes):
+    lines.append(path)
+    lines += [f'  {rank}. {100 * prob:6.2f}%  {names[k]}' for rank, (prob, k) in
+              enumerate(zip(p, c), start=1)]
+  return '\n'.join(lines)
