@@ -60,8 +60,14 @@ def check_mesh_shape(shape: MeshShape, num_devices: int, towers: int) -> None:
                      f'{num_devices} are visible; use data * tower = {num_devices}.')
 
 
-def make_mesh(shape: MeshShape) -> jax.sharding.Mesh:
-  return jax.make_mesh((shape.data, shape.tower), (DATA, TOWER))
+def make_mesh(shape: MeshShape, devices=None) -> jax.sharding.Mesh:
+  """The ('data', 'tower') mesh.
+
+  Axes are Auto: outside the shard_map XLA places values (Flax's partitioning names
+  become sharding hints), inside it every collective is explicit.
+  """
+  return jax.make_mesh((shape.data, shape.tower), (DATA, TOWER),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +96,12 @@ class MeshTowers(model_lib.LocalTowers):
 
   def example_ids(self, batch):
     return lax.axis_index(DATA) * batch + jnp.arange(batch)
+
+
+def unboxed(boxed_params):
+  """The arrays inside Flax's partitioning boxes (no sharding constraint applied)."""
+  return jax.tree.map(lambda box: box.value, boxed_params,
+                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def param_specs(boxed_params, mesh: jax.sharding.Mesh):
@@ -122,14 +134,14 @@ def abstract_sharded_params(config: model_lib.ModelConfig, mesh):
   boxed = abstract_params(config)
   return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                                                   sharding=sharding),
-                      nn.unbox(boxed), param_shardings(boxed, mesh))
+                      unboxed(boxed), param_shardings(boxed, mesh))
 
 
 def init_sharded_params(config: model_lib.ModelConfig, rng: jax.Array, mesh):
   """Initializes the parameters directly in their shardings (no host copy of the net)."""
   abstract = abstract_params(config)
   shardings = param_shardings(abstract, mesh)
-  init = jax.jit(lambda key: nn.unbox(model_lib.init_params(config, key)),
+  init = jax.jit(lambda key: unboxed(model_lib.init_params(config, key)),
                  out_shardings=shardings)
   return init(rng)
 

@@ -144,14 +144,15 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_finite(loss: float, step: int, checkpoints: checkpoints_lib.Checkpoints) -> None:
-  if not math.isfinite(loss):
+def _check_finite(value: float, step: int, checkpoints: checkpoints_lib.Checkpoints,
+                  what: str = 'training loss') -> None:
+  if not math.isfinite(value):
     checkpoints.wait()
     saved = checkpoints.steps()
     raise NonFiniteLossError(
-        f'the training loss became {loss} at step {step}. Nothing after the last good '
-        f'checkpoint was saved ({"step " + str(saved[-1]) if saved else "none yet"}). '
-        'Lower --learning_rate, try --init=he, or check the input data.')
+        f'the {what} became {value} at step {step}. Nothing after the last good checkpoint '
+        f'was saved ({"step " + str(saved[-1]) if saved else "none yet"}). Lower '
+        '--learning_rate, try --init=he, or check the input data.')
 
 
 def train_and_evaluate(model_config, data_config, opt_config, train_config: TrainConfig,
@@ -243,6 +244,8 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
           result = run_eval(state, done)
           state = trainer.after_eval(state, result['top1'])
         if saving:
+          if not bool(_all_finite(state.params)):
+            _check_finite(math.nan, done, checkpoints, 'parameters')
           checkpoints.save(done, state, {'top1': result['top1']} if evaluating else None)
   finally:
     checkpoints.close()
@@ -269,6 +272,11 @@ def restore_params(model_config, opt_config, mesh, workdir: str, step: int | Non
     return int(state.step), state.params
   finally:
     checkpoints.close()
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
 def _checked_loss(step, metrics, checkpoints) -> float:

@@ -15,8 +15,7 @@ BATCH = 8
 
 
 def mesh(data: int, tower: int) -> jax.sharding.Mesh:
-  return jax.make_mesh((data, tower), (parallel.DATA, parallel.TOWER),
-                       devices=jax.devices()[:data * tower])
+  return parallel.make_mesh(parallel.MeshShape(data, tower), jax.devices()[:data * tower])
 
 
 @functools.cache

@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax import data_config
+from alexnet_jax import demo_data
 from alexnet_jax import input_pipeline as ip
 from alexnet_jax import preprocess
 from alexnet_jax import synthetic_data
@@ -32,6 +33,12 @@ def _file_names(demo, split):
   builder = tfds.builder('imagenet2012', data_dir=demo.data_dir)
   ds = builder.as_dataset(split, decoders={'image': tfds.decode.SkipDecoding()})
   return sorted(x['file_name'].decode() for x in ds.as_numpy_iterator())
+
+
+def _tfds_label(demo, file_name):
+  """The TFDS label (index among 1000 synsets) of a demo training file."""
+  synset = demo_data.CLASSES[demo.summary.labels[file_name]].synset
+  return tfds.builder('imagenet2012', data_dir=demo.data_dir).info.features['label'].str2int(synset)
 
 
 def _mesh(data, tower):
@@ -53,7 +60,7 @@ def test_preparation_keeps_odd_images_and_skips_the_corrupt_one(demo):
   assert odd['corrupt'] not in stored
   for kind in ('cmyk', 'gray', 'png', 'small'):
     example = stored[odd[kind]]
-    assert example['label'] == demo.summary.labels[odd[kind]]
+    assert example['label'] == _tfds_label(demo, odd[kind])
     with Image.open(io.BytesIO(example['image'])) as im:
       assert im.format == 'JPEG', kind  # decode_and_crop_jpeg can read every stored image
       assert im.mode == ('L' if kind == 'gray' else 'RGB'), kind
@@ -152,24 +159,38 @@ def test_paper_crop_positions_and_flips_cover_their_range():
   assert 0.4 < flips < 0.6
 
 
-def test_paper_crop_of_a_large_jpeg_is_resize_then_crop():
-  # A smooth 4R x 3R image: the shorter side is scaled to R, then cropped. Compare with
-  # the definition computed the long way (decode all, resize all, crop).
-  yy, xx = np.mgrid[0:3 * R, 0:4 * R].astype(np.float32)
-  image = np.stack([xx * 255 / (4 * R), yy * 255 / (3 * R), 128 + 0 * xx], -1).astype(np.uint8)
+def test_paper_crop_of_a_large_jpeg_maps_back_to_a_crop_of_the_resized_square():
+  # A 3R x 4R JPEG whose red and green grow linearly with x and y: every output pixel
+  # tells where in the source it was sampled, so a line fit recovers the crop's offset
+  # in the R x R square (the shorter side resized to R, then cropped).
+  height, width = 3 * R, 4 * R
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  image = np.stack([xx * 255 / width, yy * 255 / height, 0 * xx], -1).round().astype(np.uint8)
   data = tf.constant(_encode(image, 'JPEG', quality=98))
   cfg = data_config.DataConfig(image_size=IMAGE_SIZE)
-  full = tf.io.decode_jpeg(data).numpy()[:, (4 * R - 3 * R) // 2:][:, :3 * R]
-  square = tf.image.resize(full[None], [R, R]).numpy()[0]
-  for i in range(20):
-    seed = tf.constant([1, i], tf.int64)
-    crop = ip._train_image(data, seed, cfg, True).numpy().astype(np.float32)
-    errors = []
-    for y in range(R - IMAGE_SIZE + 1):
-      for x in range(R - IMAGE_SIZE + 1):
-        window = square[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE]
-        errors.append(min(np.abs(crop - window).mean(), np.abs(crop - window[:, ::-1]).mean()))
-    assert min(errors) < 2.0  # grey levels; the gradient moves ~9 levels per pixel
+  scale, left = height / R, (width - height) // 2  # source pixels per square pixel
+  crop_fn = tf.function(lambda seed: ip._train_image(data, seed, cfg, True))
+  offsets, flips = [], []
+  for i in range(40):
+    crop = crop_fn(tf.constant([1, i], tf.int64)).numpy().astype(np.float64)
+    source_x = crop[..., 0].mean(axis=0) * width / 255   # per output column
+    source_y = crop[..., 1].mean(axis=1) * height / 255  # per output row
+    flipped = source_x[-1] < source_x[0]
+    if flipped:
+      source_x = source_x[::-1]
+    steps = np.arange(IMAGE_SIZE)
+    (slope_x, x0), (slope_y, y0) = np.polyfit(steps, source_x, 1), np.polyfit(steps, source_y, 1)
+    np.testing.assert_allclose([slope_x, slope_y], [scale, scale], rtol=0.05)
+    # Output pixel i of a crop at offset o samples the source at left + (o + i + 0.5)
+    # * scale - 0.5 (half-pixel centres, as tf.image.resize).
+    offsets.append(((x0 - left + 0.5) / scale - 0.5, (y0 + 0.5) / scale - 0.5))
+    flips.append(flipped)
+  offsets = np.array(offsets)
+  # Whole-pixel offsets spanning exactly 0 .. R - S, to within the window's rounding to
+  # whole pixels of the decoded JPEG (here decoded at 1/2 scale: 1/3 of a square pixel).
+  assert np.abs(offsets - offsets.round()).max() < 0.4
+  assert offsets.round().min() == 0 and offsets.round().max() == R - IMAGE_SIZE
+  assert 0.25 < np.mean(flips) < 0.75
 
 
 def test_no_augmentation_is_the_centre_crop():
@@ -269,7 +290,7 @@ def test_eval_batches_are_global_arrays_with_masks(demo):
   assert sum(int(b['mask'].sum()) for b in batches) == 10
   labels = np.concatenate([np.asarray(b['labels'])[np.asarray(b['mask'])] for b in batches])
   names = _file_names(demo, 'train[90%:]')
-  assert sorted(labels) == sorted(demo.summary.labels[n] for n in names)
+  assert sorted(labels) == sorted(_tfds_label(demo, n) for n in names)
 
 
 # ----------------------------------------------------------------------------------
@@ -295,7 +316,7 @@ def test_resuming_at_step_n_matches_the_uninterrupted_run(demo):
   # covers mid-epoch, a step that spans two epochs, and the second epoch.
   cfg = demo.config()
   whole = _take(ip.train_dataset(cfg, 16), 12)
-  labels = np.concatenate([b['labels'] for b in whole[:11]])
+  labels = np.concatenate([b['labels'] for b in whole])  # 192 = two epochs and a bit
   for epoch in range(2):  # each epoch is a permutation of the split
     per_epoch = labels[epoch * 90:(epoch + 1) * 90]
     assert sorted(per_epoch) == sorted(labels[:90])
@@ -351,7 +372,7 @@ def test_mean_for_channel_and_pixel(demo, tmp_path):
   stored = np.load(ip.mean_image_path(cfg, str(tmp_path)))
   assert stored.shape == (R, R, 3)
   # The mean of the 90 training squares, computed here the long way.
-  squares = [ip._eval_images(tf.constant(x['image']), demo.config(image_size=R), True)[0]
+  squares = [ip._to_uint8(ip.central_square(tf.constant(x['image']), R)).numpy()
              for x in tfds.builder('imagenet2012', data_dir=demo.data_dir).as_dataset(
                  'train[:90%]', decoders={'image': tfds.decode.SkipDecoding()})
              .as_numpy_iterator()]
@@ -367,12 +388,12 @@ def test_load_images_for_predict(tmp_path):
   png_named_jpeg = tmp_path / 'a.jpg'
   png_named_jpeg.write_bytes(_encode(square))
   jpeg = tmp_path / 'b.jpeg'
-  jpeg.write_bytes(_encode(square, 'JPEG', quality=95))
+  jpeg.write_bytes(_encode(square, 'JPEG', quality=100, subsampling=0))
   cfg = data_config.DataConfig(image_size=IMAGE_SIZE, eval_crops=10)
   crops = ip.load_images_for_predict([str(png_named_jpeg), str(jpeg)], cfg)
   assert crops.shape == (2, 10, IMAGE_SIZE, IMAGE_SIZE, 3) and crops.dtype == np.uint8
   np.testing.assert_array_equal(crops[0, 0], square[:IMAGE_SIZE, :IMAGE_SIZE])
-  assert np.abs(crops[1].astype(int) - crops[0]).mean() < 12  # JPEG-compressed noise
+  assert np.abs(crops[1].astype(int) - crops[0]).mean() < 1.5  # JPEG at quality 100
   text = tmp_path / 'notes.jpg'
   text.write_text('not an image')
   with pytest.raises(ValueError, match='notes.jpg'):
