@@ -146,26 +146,36 @@ def init_sharded_params(config: model_lib.ModelConfig, rng: jax.Array, mesh):
   return init(rng)
 
 
-def sharded_forward(config: model_lib.ModelConfig, mesh) -> Callable:
+def sharded_forward(config: model_lib.ModelConfig, mesh, features: str | None = None) -> Callable:
   """forward(params, images, dropout_rng=None, train=False) -> logits, as one shard_map.
 
   params carry the shardings of `param_shardings`, images `batch_sharding`; the logits
   come back split over 'data'. Take gradients of a loss of these logits from outside:
   the transpose of the shard_map sums the parameter gradients over 'data'.
+  With `features='fc7'` (any layer name) it returns (logits, activations) where the
+  activations of all towers are concatenated on the last axis (split over 'tower').
   """
   tower_devices = mesh.shape[TOWER]
   exchange = MeshTowers(local_towers=config.towers // tower_devices, tower_devices=tower_devices)
   net = model_lib.AlexNet(config, exchange)
   specs = param_specs(abstract_params(config), mesh)
+  feature_spec = P(DATA, *([None] * (0 if features in ('fc6', 'fc7') else 2)),
+                   TOWER if tower_devices > 1 else None)
 
   def forward(params, images, dropout_rng=None, train=False):
     if dropout_rng is None:
       dropout_rng = jax.random.key(0)
 
     def body(params, images, dropout_rng):
-      return net.apply({'params': params}, images, train=train, dropout_rng=dropout_rng)
+      if features is None:
+        return net.apply({'params': params}, images, train=train, dropout_rng=dropout_rng)
+      logits, state = net.apply({'params': params}, images, train=train,
+                                dropout_rng=dropout_rng, mutable=['intermediates'])
+      towers = state['intermediates'][f'{features}_output'][0]
+      return logits, jnp.concatenate(towers, axis=-1)
 
+    out_specs = P(DATA) if features is None else (P(DATA), feature_spec)
     return jax.shard_map(body, mesh=mesh, in_specs=(specs, P(DATA), P()),
-                         out_specs=P(DATA))(params, images, dropout_rng)
+                         out_specs=out_specs)(params, images, dropout_rng)
 
   return forward

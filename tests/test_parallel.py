@@ -118,3 +118,15 @@ def test_mesh_parsing_and_defaults():
 def test_mesh_checks(shape, devices, towers, message):
   with pytest.raises(ValueError, match=message):
     parallel.check_mesh_shape(shape, devices, towers)
+
+
+@pytest.mark.parametrize('shape', [(1, 2), (2, 2)])
+def test_sharded_forward_returns_features_of_both_towers(shape):
+  params, images = meshes.host_params(), meshes.batch()[0]
+  _, state = model_lib.AlexNet(meshes.TINY).apply({'params': params}, images,
+                                                  mutable=['intermediates'])
+  want = np.concatenate(state['intermediates']['fc7_output'][0], axis=-1)
+  mesh = meshes.mesh(*shape)
+  placed, images, _ = meshes.place(mesh, meshes.TINY, params, images, np.zeros(8, np.int32))
+  _, features = jax.jit(parallel.sharded_forward(meshes.TINY, mesh, features='fc7'))(placed, images)
+  np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-6)
