@@ -21,6 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from alexnet_jax import distributed
+
 # Settings that change the parameters' shapes: a checkpoint only fits the same ones.
 SHAPE_FIELDS = ('towers', 'num_classes', 'image_size', 'width', 'crossings')
 
@@ -51,7 +53,7 @@ def check_compatible(saved: dict, current: dict, where: str) -> None:
 class Checkpoints:
   """The checkpoints of one workdir for one model configuration."""
 
-  def __init__(self, workdir: str, model_config: dict, keep: int = 3):
+  def __init__(self, workdir: str, model_config: dict, keep: int = 3, read_only: bool = False):
     self.workdir = workdir
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self.model_config = model_config
@@ -60,7 +62,12 @@ class Checkpoints:
         checkpoint_managers.BestN(get_metric_fn=lambda metrics: metrics['top1'], n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
-    options = ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=True,
+    if read_only and not os.path.isdir(self.directory):
+      raise NoCheckpointError(
+          f'no checkpoints in {self.directory}: train first (--mode=train '
+          f'--workdir={workdir}) or point --workdir at a training run.')
+    options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
+                                           cleanup_tmp_directories=not read_only,
                                            preservation_policy=policy)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=('state', 'config'))
@@ -127,4 +134,5 @@ class Checkpoints:
     if jax.process_index() == 0:
       os.makedirs(corrupt, exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), target)
+    distributed.barrier(f'set_aside_{step}')  # nobody reloads before the move is done
     self.manager.reload()

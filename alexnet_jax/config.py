@@ -10,6 +10,7 @@ from __future__ import annotations
 from absl import flags
 
 from alexnet_jax import data_config as data_config_lib
+from alexnet_jax import distributed
 from alexnet_jax import model as model_lib
 from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import parallel
@@ -45,6 +46,21 @@ CPU_DEVICES = flags.DEFINE_integer('cpu_devices', None,
                                    'Split the CPU into this many JAX devices (try meshes '
                                    'on a laptop). Only when running on the CPU.')
 BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
+
+# Processes.
+DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', distributed.MODES,
+                                'Start jax.distributed? auto: when --num_processes is set or '
+                                'in a SLURM job step of several tasks; on: always (TPU VM pods); '
+                                'off: never.')
+COORDINATOR_ADDRESS = flags.DEFINE_string('coordinator_address', None,
+                                          'host:port of process 0 (with --num_processes).')
+NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0..num_processes-1.')
+HEARTBEAT_TIMEOUT = flags.DEFINE_integer('heartbeat_timeout', 100,
+                                         'Seconds without a heartbeat after which a process '
+                                         'counts as dead and the others stop with an error.')
+INITIALIZATION_TIMEOUT = flags.DEFINE_integer('initialization_timeout', 300,
+                                              'Seconds to wait for every process to join.')
 
 # Data.
 DATASET = flags.DEFINE_string('dataset', 'imagenet2012', 'Any TFDS image-classification dataset.')
@@ -90,6 +106,12 @@ PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 0, 'Write a profiler trace
 CHECKPOINT_STEP = flags.DEFINE_integer('checkpoint_step', None, 'eval/predict: this step.')
 IMAGE = flags.DEFINE_list('image', [], 'predict: image files.')
 
+# Benchmark.
+BENCHMARK_STEPS = flags.DEFINE_integer('benchmark_steps', 10, 'Steps per timed window.')
+BENCHMARK_REPEATS = flags.DEFINE_integer('benchmark_repeats', 5, 'Timed windows (median taken).')
+PEAK_TFLOPS = flags.DEFINE_float('peak_tflops', None, 'Device peak for MFU (default: a table '
+                                 'of known chips).')
+
 
 def mode() -> str:
   return _MODE.value
@@ -114,6 +136,16 @@ def mesh_shape(num_devices: int, towers: int) -> parallel.MeshShape:
     raise ValueError(f'--batch_size={BATCH_SIZE.value} must be a positive multiple of the '
                      f'data axis ({shape.data}) so every data shard gets the same batch.')
   return shape
+
+
+def process_config() -> distributed.ProcessConfig:
+  config = distributed.ProcessConfig(
+      mode=DISTRIBUTED.value, coordinator_address=COORDINATOR_ADDRESS.value,
+      num_processes=NUM_PROCESSES.value, process_id=PROCESS_ID.value,
+      heartbeat_timeout=HEARTBEAT_TIMEOUT.value,
+      initialization_timeout=INITIALIZATION_TIMEOUT.value)
+  config.validate()
+  return config
 
 
 def data_config() -> data_config_lib.DataConfig:

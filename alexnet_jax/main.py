@@ -10,6 +10,7 @@ from absl import logging
 import jax
 
 from alexnet_jax import config as flags_lib
+from alexnet_jax import distributed
 from alexnet_jax import parallel
 
 # Errors that mean "the input is wrong", reported as one clear line, not a traceback.
@@ -34,6 +35,7 @@ def _validated():
     raise ValueError('--demo_data writes the demo tars into --manual_dir: set --manual_dir.')
   if flags_lib.CPU_DEVICES.value:
     jax.config.update('jax_num_cpu_devices', flags_lib.CPU_DEVICES.value)
+  distributed.initialize(flags_lib.process_config())  # before anything touches a device
   shape = flags_lib.mesh_shape(jax.device_count(), model_config.towers)
   return model_config, data_config, opt_config, train_config, shape
 
@@ -57,17 +59,21 @@ def run(mode, model_config, data_config, opt_config, train_config, mesh) -> None
   workdir = flags_lib.WORKDIR.value
   if mode == 'summary':
     from alexnet_jax import summary, train  # pylint: disable=import-outside-toplevel
-    print(summary.run(model_config, mesh, train_config.batch_size, train.lower_train_step))
+    text = summary.run(model_config, mesh, train_config.batch_size, train.lower_train_step)
+    if jax.process_index() == 0:
+      print(text)
     return
   if mode == 'benchmark':
     from alexnet_jax import benchmark  # pylint: disable=import-outside-toplevel
-    benchmark.run(model_config, opt_config, train_config, mesh, workdir)
+    benchmark.run(model_config, opt_config, train_config, mesh, workdir,
+                  steps=flags_lib.BENCHMARK_STEPS.value, repeats=flags_lib.BENCHMARK_REPEATS.value,
+                  peak_tflops=flags_lib.PEAK_TFLOPS.value)
     return
   from alexnet_jax import evaluate, input_pipeline, train  # pylint: disable=import-outside-toplevel
   if flags_lib.DEMO_DATA.value:
-    _write_demo_data()
+    distributed.in_turn('demo_data', _write_demo_data)
   if mode == 'train':
-    input_pipeline.prepare(data_config)
+    distributed.in_turn('prepare', lambda: input_pipeline.prepare(data_config))
     train.train_and_evaluate(model_config, data_config, opt_config, train_config, mesh, workdir)
     return
   step, params = train.restore_params(model_config, opt_config, mesh, workdir,
@@ -90,8 +96,9 @@ def run(mode, model_config, data_config, opt_config, train_config, mesh) -> None
     paths = flags_lib.IMAGE.value
     crops = input_pipeline.load_images_for_predict(paths, data_config)
     probs, classes = predict.top5(model_config, mesh, params, crops, mean)
-    print(f'Checkpoint step {step}, {data_config.eval_crops} crop(s):')
-    print(predict.format_predictions(paths, probs, classes, _class_names(data_config)))
+    if jax.process_index() == 0:
+      print(f'Checkpoint step {step}, {data_config.eval_crops} crop(s):')
+      print(predict.format_predictions(paths, probs, classes, _class_names(data_config)))
 
 
 def main(argv):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
-import threading
 from typing import Any
 
 from absl import logging
@@ -22,6 +20,7 @@ import numpy as np
 import optax
 
 from alexnet_jax import checkpoints as checkpoints_lib
+from alexnet_jax import distributed
 from alexnet_jax import evaluate as evaluate_lib
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
@@ -122,28 +121,6 @@ class Trainer:
     return state.replace(plateau=jax.device_put(plateau, self._replicated))
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM: saving a checkpoint after this step, then stopping.')
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def _check_finite(value: float, step: int, checkpoints: checkpoints_lib.Checkpoints,
                   what: str = 'training loss') -> None:
   if not math.isfinite(value):
@@ -211,9 +188,9 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
       pending = None
 
   try:
-    with _Preemption() as preemption, jax.set_mesh(mesh):
+    with distributed.Preemption() as preemption, jax.set_mesh(mesh):
       for step in range(first, total):
-        if preemption.requested:
+        if preemption.reached(step):  # on every process at the same step
           checkpoints.save(step, state)
           checkpoints.wait()
           logging.warning('Stopped at step %d after SIGTERM; checkpoint saved.', step)
@@ -258,17 +235,16 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
 
 def restore_params(model_config, opt_config, mesh, workdir: str, step: int | None = None):
   """(step, params) of the newest checkpoint in workdir (or of `step`), laid out on mesh."""
-  checkpoints = checkpoints_lib.Checkpoints(workdir, dataclasses.asdict(model_config))
+  checkpoints = checkpoints_lib.Checkpoints(workdir, dataclasses.asdict(model_config),
+                                            read_only=True)
   try:
-    if not checkpoints.steps():
-      raise checkpoints_lib.NoCheckpointError(
-          f'no checkpoints in {checkpoints.directory}: train first '
-          f'(--mode=train --workdir={workdir}) or point --workdir at a training run.')
     trainer = Trainer(model_config, opt_config, mesh, batch_size=1, total_steps=1,
                       mean=preprocess.CHANNEL_MEAN, pca_std=0.0, seed=0)
     state = checkpoints.restore(trainer.abstract_state(), step)
     if state is None:
-      raise checkpoints_lib.NoCheckpointError(f'no readable checkpoint in {checkpoints.directory}.')
+      raise checkpoints_lib.NoCheckpointError(
+          f'no readable checkpoint in {checkpoints.directory}: train first (--mode=train '
+          f'--workdir={workdir}) or point --workdir at a training run.')
     return int(state.step), state.params
   finally:
     checkpoints.close()
