@@ -80,7 +80,8 @@ def measure(model_config, opt_config, mesh, batch_size: int, *, warmup: int = 3,
             seed: int = 0) -> BenchmarkResult:
   """Times the training step; see the module docstring."""
   trainer = train.Trainer(model_config, opt_config, mesh, batch_size=batch_size,
-                          total_steps=warmup + steps * repeats, mean=preprocess.CHANNEL_MEAN,
+                          total_steps=warmup + steps * repeats,
+                          normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN),
                           pca_std=0.1, seed=seed)
   batches = synthetic_data.synthetic_batches(batch_size, model_config.image_size,
                                              model_config.num_classes, mesh, seed=seed)

@@ -16,7 +16,7 @@ from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import parallel
 from alexnet_jax import train
 
-MODES = ('train', 'eval', 'predict', 'summary', 'benchmark')
+MODES = ('train', 'eval', 'predict', 'summary', 'benchmark', 'visualize')
 
 _MODE = flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for everything a run writes.')
@@ -77,6 +77,8 @@ EVAL_CROPS = flags.DEFINE_integer('eval_crops', 1, '1 (centre) or 10 (the paper\
 MEAN = flags.DEFINE_enum('mean', 'channel', data_config_lib.MEANS,
                          'Subtract the per-channel mean or the per-pixel mean image.')
 PCA_STD = flags.DEFINE_float('pca_std', 0.1, 'Std of the PCA colour noise; 0 turns it off.')
+STANDARDIZE = flags.DEFINE_bool('standardize', False, 'Also divide the input by the per-channel '
+                                'std (the paper does not; He init needs it).')
 SHUFFLE_BUFFER = flags.DEFINE_integer('shuffle_buffer', 10_000, 'Examples in the shuffle buffer.')
 
 # Optimizer.
@@ -153,6 +155,7 @@ def data_config() -> data_config_lib.DataConfig:
       dataset=DATASET.value, data_dir=DATA_DIR.value, manual_dir=MANUAL_DIR.value,
       train_split=TRAIN_SPLIT.value, eval_split=EVAL_SPLIT.value, image_size=IMAGE_SIZE.value,
       augment=AUGMENT.value, eval_crops=EVAL_CROPS.value, mean=MEAN.value, pca_std=PCA_STD.value,
+      standardize=STANDARDIZE.value,
       shuffle_buffer=SHUFFLE_BUFFER.value, seed=SEED.value)
   config.validate()
   return config

@@ -26,6 +26,7 @@ class DataConfig:
   eval_crops: int = 1                   # 1 (centre) or 10 (paper: corners + centre, mirrored)
   mean: str = 'channel'                 # 'channel' (cuda-convnet2's) or 'pixel' (paper's mean image)
   pca_std: float = 0.1                  # std of the PCA colour noise; 0 turns it off
+  standardize: bool = False             # also divide by the per-channel std (He init)
   shuffle_buffer: int = 10_000          # encoded examples (~110 kB each on ImageNet)
   seed: int = 0
 

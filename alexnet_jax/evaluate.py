@@ -19,22 +19,21 @@ from alexnet_jax import parallel
 from alexnet_jax import preprocess
 
 
-def crop_probabilities(forward, params, images, mean) -> jax.Array:
+def crop_probabilities(forward, params, images, normalizer) -> jax.Array:
   """Softmax averaged over crops: images uint8 (B, C, S, S, 3) -> (B, classes)."""
   batch, crops = images.shape[:2]
   flat = images.reshape((batch * crops,) + images.shape[2:])
-  logits = forward(params, preprocess.normalize(flat, mean=mean))
+  logits = forward(params, normalizer(flat))
   return jax.nn.softmax(logits).reshape(batch, crops, -1).mean(axis=1)
 
 
-def make_eval_step(model_config, mesh, mean) -> Callable:
+def make_eval_step(model_config, mesh, normalizer: preprocess.Normalizer) -> Callable:
   """eval_step(params, batch) -> sums of correct top-1, top-5, loss and examples."""
   forward = parallel.sharded_forward(model_config, mesh)
-  mean = jnp.asarray(mean)
 
   @jax.jit
   def eval_step(params, batch):
-    probs = crop_probabilities(forward, params, batch['images'], mean)
+    probs = crop_probabilities(forward, params, batch['images'], normalizer)
     labels, mask = batch['labels'], batch['mask']
     top5 = jax.lax.top_k(probs, min(5, probs.shape[-1]))[1]
     hit1 = (top5[:, 0] == labels) & mask

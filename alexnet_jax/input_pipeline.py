@@ -1,16 +1,22 @@
 """TFDS data for AlexNet: preparation, the paper's augmentation, global batches.
 
-What the host does, in tf.data, per example:
-  train ('paper'):  decode the central square of the JPEG (only that window), resize it
-                    to R x R (R = 256, or scaled for small nets: data_config.resize_size),
-                    random S x S crop (S = image_size), random horizontal flip.
-  train ('inception'): a random-area crop (8%..100% of the image, aspect 3/4..4/3, as
-                    tf.image.sample_distorted_bounding_box), decoded alone, resized to S.
-  train ('none'):   the centre crop, as evaluated.
-  eval:             the R x R square, then 1 crop (centre) or the paper's 10 (corners and
-                    centre, then the same five mirrored).
-and hands uint8 to the accelerator, where `alexnet_jax.preprocess.normalize` adds the
-PCA colour noise and subtracts the mean (float32, 0..255 scale).
+What the host does, in tf.data, per example (S = image_size, R = resize_size(S): 256
+for S in 224..256, else round(S * 256 / 224), e.g. 67 -> 77, 99 -> 113):
+  train 'paper':     the paper's "shorter side to R, central R x R, random S x S crop,
+                     random horizontal flip". Only the crop's window of the JPEG is
+                     decoded and resized straight to S x S: the same pixels as resizing
+                     the whole square and cropping, up to rounding the window to whole
+                     decoded pixels (< 1/2 source pixel), for ~20% less work.
+  train 'inception': a random-area crop (8%..100% of the image, aspect 3/4..4/3, as
+                     tf.image.sample_distorted_bounding_box), decoded alone, resized to S,
+                     random flip.
+  train 'none':      the centre crop.
+  eval:              the R x R square, then 1 crop (centre) or the paper's 10 (corners and
+                     centre, then the same five mirrored).
+JPEGs whose square is >= 2R (4R, 8R) are decoded at 1/2 (1/4, 1/8) scale by libjpeg.
+Resizing is bilinear (half-pixel centres, as tf.image.resize), rounded to uint8, and
+uint8 goes to the accelerator, where `alexnet_jax.preprocess.normalize` adds the PCA
+colour noise and subtracts the mean (float32, 0..255 scale).
 
 Batch layout (what train/eval code receives, global jax.Arrays split over 'data'):
   train: {'images': uint8 (B, S, S, 3), 'labels': int32 (B,)}
@@ -34,7 +40,6 @@ files no decoder can read are skipped and logged, so a long run never meets them
 from __future__ import annotations
 
 import collections
-import dataclasses
 import io
 import math
 import os
@@ -373,6 +378,8 @@ def _process_split(split: str, process_index: int, process_count: int):
 def _records(builder, split, shuffle_seed=None) -> tf.data.Dataset:
   """Serialized examples of a (sub)split; file order shuffled when a seed is given."""
   instructions = builder.info.splits[split].file_instructions
+  if not instructions:  # e.g. more processes than examples
+    return tf.data.Dataset.from_tensor_slices(tf.constant([], tf.string))
   if builder.info.file_format != tfds.core.FileFormat.TFRECORD:
     raise ValueError(f'{builder.name} is stored as {builder.info.file_format}; this '
                      'pipeline reads tfrecord (TFDS\'s default).')
@@ -556,7 +563,9 @@ def eval_batches(cfg: DataConfig, global_batch_size: int, mesh) -> Iterator[dict
 
 def mean_image_path(cfg: DataConfig, workdir: str | None = None) -> str:
   """Where the paper's mean image of cfg.train_split (R x R) is kept."""
-  split = re.sub(r'[^A-Za-z0-9]+', '_', cfg.train_split).strip('_')
+  # 'train[:90%]' -> 'train_to90pct', 'train[90%:]' -> 'train_90pctto': one file per slice.
+  split = cfg.train_split.replace('%', 'pct').replace(':', 'to')
+  split = re.sub(r'[^A-Za-z0-9]+', '_', split).strip('_')
   name = f'mean_image_{cfg.dataset}_{split}_{cfg.resize_size}px.npy'
   return os.path.join(workdir or _builder(cfg).data_dir, name)
 
@@ -601,6 +610,12 @@ def mean_for(cfg: DataConfig, workdir: str | None = None) -> np.ndarray:
     tf.io.gfile.rename(temporary, path, overwrite=True)
   start = (mean.shape[0] - cfg.image_size) // 2
   return mean[start:start + cfg.image_size, start:start + cfg.image_size]
+
+
+def normalizer_for(cfg: DataConfig, workdir: str | None = None) -> preprocess.Normalizer:
+  """What the train and eval steps do to the uint8 batches on the device."""
+  return preprocess.Normalizer(mean_for(cfg, workdir),
+                               preprocess.CHANNEL_STD if cfg.standardize else None)
 
 
 def load_images_for_predict(paths: Sequence[str], cfg: DataConfig) -> np.ndarray:

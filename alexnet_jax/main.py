@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 
@@ -12,16 +13,25 @@ import jax
 from alexnet_jax import config as flags_lib
 from alexnet_jax import distributed
 from alexnet_jax import parallel
+from alexnet_jax import visualize  # defines its flags before parsing
 
 # Errors that mean "the input is wrong", reported as one clear line, not a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+
+
+def _quiet_libraries() -> None:
+  """Keeps INFO lines to this package's own: orbax and TFDS log every file they touch."""
+  noisy = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/', '/etils/')
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= std_logging.WARNING or not any(
+          part in record.pathname for part in noisy))
 
 
 def _validated():
   """Every config the mode needs, checked before anything is compiled or read."""
   mode = flags_lib.mode()
   model_config = flags_lib.model_config()
-  needs_data = mode in ('train', 'eval', 'predict')
+  needs_data = mode in ('train', 'eval', 'predict', 'visualize')
   data_config = flags_lib.data_config() if needs_data else None
   opt_config = flags_lib.optimizer_config()
   train_config = flags_lib.train_config()
@@ -63,6 +73,9 @@ def run(mode, model_config, data_config, opt_config, train_config, mesh) -> None
     if jax.process_index() == 0:
       print(text)
     return
+  if mode == 'visualize':
+    visualize.run_from_flags(model_config, data_config, opt_config, train_config, mesh)
+    return
   if mode == 'benchmark':
     from alexnet_jax import benchmark  # pylint: disable=import-outside-toplevel
     benchmark.run(model_config, opt_config, train_config, mesh, workdir,
@@ -78,10 +91,10 @@ def run(mode, model_config, data_config, opt_config, train_config, mesh) -> None
     return
   step, params = train.restore_params(model_config, opt_config, mesh, workdir,
                                       flags_lib.CHECKPOINT_STEP.value)
-  mean = input_pipeline.mean_for(data_config, workdir)
+  normalizer = input_pipeline.normalizer_for(data_config, workdir)
   if mode == 'eval':
     batch = train_config.eval_batch_size or train_config.batch_size
-    eval_step = evaluate.make_eval_step(model_config, mesh, mean)
+    eval_step = evaluate.make_eval_step(model_config, mesh, normalizer)
     steps = input_pipeline.eval_steps(data_config, batch // jax.process_count())
     with jax.set_mesh(mesh):
       result = evaluate.evaluate(eval_step, params,
@@ -95,7 +108,7 @@ def run(mode, model_config, data_config, opt_config, train_config, mesh) -> None
     from alexnet_jax import predict  # pylint: disable=import-outside-toplevel
     paths = flags_lib.IMAGE.value
     crops = input_pipeline.load_images_for_predict(paths, data_config)
-    probs, classes = predict.top5(model_config, mesh, params, crops, mean)
+    probs, classes = predict.top5(model_config, mesh, params, crops, normalizer)
     if jax.process_index() == 0:
       print(f'Checkpoint step {step}, {data_config.eval_crops} crop(s):')
       print(predict.format_predictions(paths, probs, classes, _class_names(data_config)))
@@ -104,6 +117,7 @@ def run(mode, model_config, data_config, opt_config, train_config, mesh) -> None
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  _quiet_libraries()
   try:
     model_config, data_config, opt_config, train_config, shape = _validated()
   except ValueError as error:

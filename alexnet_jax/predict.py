@@ -7,7 +7,6 @@ import os
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import evaluate as evaluate_lib
@@ -29,7 +28,8 @@ def readable(labels: Sequence[str], overrides: dict[str, str] | None = None) -> 
   return [names.get(label, label) for label in labels]
 
 
-def top5(model_config, mesh, params, crops: np.ndarray, mean) -> tuple[np.ndarray, np.ndarray]:
+def top5(model_config, mesh, params, crops: np.ndarray,
+         normalizer) -> tuple[np.ndarray, np.ndarray]:
   """crops uint8 (N, C, S, S, 3) -> (probabilities, class indices), each (N, 5)."""
   forward = parallel.sharded_forward(model_config, mesh)
   data = mesh.shape[parallel.DATA]
@@ -39,7 +39,7 @@ def top5(model_config, mesh, params, crops: np.ndarray, mean) -> tuple[np.ndarra
 
   @jax.jit
   def run(params, images):
-    probs = evaluate_lib.crop_probabilities(forward, params, images, jnp.asarray(mean))
+    probs = evaluate_lib.crop_probabilities(forward, params, images, normalizer)
     return jax.lax.top_k(probs, min(5, probs.shape[-1]))
 
   with jax.set_mesh(mesh):

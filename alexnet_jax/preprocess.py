@@ -7,6 +7,8 @@ scale, as the paper did. `normalize` is a pure function: call it inside the jitt
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,9 @@ import numpy as np
 # cuda-convnet2's per-channel ImageNet mean (RGB, 0..255): the usual stand-in for the
 # paper's per-pixel mean image.
 CHANNEL_MEAN = np.array([127.30, 119.72, 104.91], np.float32)
+# ImageNet's per-channel pixel std on 0..255 (torchvision's 0.229, 0.224, 0.225 x 255).
+# The paper does not divide by it; He-normal init assumes unit-scale input and needs it.
+CHANNEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
 
 # Eigen-decomposition of the RGB pixel covariance on ImageNet, for pixels on 0..1
 # (fb.resnet.torch's constants). The added colour, sum_i p_i alpha_i lambda_i, is in
@@ -37,6 +42,7 @@ def pca_color_shift(rng: jax.Array, batch_shape: tuple[int, ...], std: float) ->
 
 
 def normalize(images: jax.Array, *, mean: jax.Array | np.ndarray,
+              std: jax.Array | np.ndarray | None = None,
               pca_std: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
   """uint8 images (..., H, W, 3) -> float32 model input on the 0..255 scale.
 
@@ -44,6 +50,7 @@ def normalize(images: jax.Array, *, mean: jax.Array | np.ndarray,
     images: uint8 (or any real) array whose last three axes are H, W, RGB; leading axes
       are the batch (and, for 10-crop evaluation, the crops).
     mean: (3,) per-channel mean or (H, W, 3) mean image, on 0..255.
+    std: (3,) per-channel std to divide by after subtracting the mean, or None (paper).
     pca_std: std of the PCA colour noise (paper: 0.1); 0 for evaluation.
     rng: PRNG key, required when pca_std > 0. One draw per image: split it per step
       (e.g. fold_in(key, step)) so steps differ.
@@ -58,4 +65,16 @@ def normalize(images: jax.Array, *, mean: jax.Array | np.ndarray,
       raise ValueError('normalize needs rng when pca_std > 0.')
     shift = pca_color_shift(rng, x.shape[:-3], pca_std)
     x = x + shift[..., None, None, :]
-  return x - jnp.asarray(mean, jnp.float32)
+  x = x - jnp.asarray(mean, jnp.float32)
+  return x if std is None else x / jnp.asarray(std, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Normalizer:
+  """The model input of a run: (images + PCA colour shift - mean) / std."""
+  mean: np.ndarray
+  std: np.ndarray | None = None
+
+  def __call__(self, images: jax.Array, *, pca_std: float = 0.0,
+               rng: jax.Array | None = None) -> jax.Array:
+    return normalize(images, mean=self.mean, std=self.std, pca_std=pca_std, rng=rng)

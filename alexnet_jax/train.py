@@ -66,7 +66,8 @@ class Trainer:
 
   def __init__(self, model_config: model_lib.ModelConfig,
                opt_config: optimizer_lib.OptimizerConfig, mesh, *, batch_size: int,
-               total_steps: int, mean, pca_std: float, seed: int):
+               total_steps: int, normalizer: preprocess.Normalizer, pca_std: float,
+               seed: int):
     self.model_config, self.opt_config, self.mesh = model_config, opt_config, mesh
     self.seed = seed
     self.schedule = optimizer_lib.schedule(opt_config, batch_size, total_steps)
@@ -75,7 +76,7 @@ class Trainer:
     self._replicated = jax.sharding.NamedSharding(mesh, jax.P())
     self.step = jax.jit(self._step, donate_argnums=0)
     self._forward = parallel.sharded_forward(model_config, mesh)
-    self._mean = jnp.asarray(mean, jnp.float32)
+    self._normalizer = normalizer
     self._pca_std = pca_std
 
   def init_state(self, rng: jax.Array) -> TrainState:
@@ -101,8 +102,7 @@ class Trainer:
   def _step(self, state: TrainState, batch: dict):
     rng = jax.random.fold_in(jax.random.key(self.seed), state.step)
     pca_rng, dropout_rng = jax.random.split(rng)
-    images = preprocess.normalize(batch['images'], mean=self._mean, pca_std=self._pca_std,
-                                  rng=pca_rng)
+    images = self._normalizer(batch['images'], pca_std=self._pca_std, rng=pca_rng)
     loss, grads = jax.value_and_grad(
         lambda p: loss_fn(self._forward, p, images, batch['labels'], dropout_rng))(state.params)
     learning_rate = self.learning_rate(state)
@@ -149,11 +149,12 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
   eval_every = train_config.eval_every_steps or steps_per_epoch
   eval_batch = train_config.eval_batch_size or batch
   eval_steps = input_pipeline.eval_steps(data_config, eval_batch // jax.process_count())
-  mean = input_pipeline.mean_for(data_config, workdir)
+  normalizer = input_pipeline.normalizer_for(data_config, workdir)
 
   trainer = Trainer(model_config, opt_config, mesh, batch_size=batch, total_steps=total,
-                    mean=mean, pca_std=data_config.pca_std, seed=train_config.seed)
-  eval_step = evaluate_lib.make_eval_step(model_config, mesh, mean)
+                    normalizer=normalizer, pca_std=data_config.pca_std,
+                    seed=train_config.seed)
+  eval_step = evaluate_lib.make_eval_step(model_config, mesh, normalizer)
   checkpoints = checkpoints_lib.Checkpoints(workdir, dataclasses.asdict(model_config),
                                             keep=train_config.keep_checkpoints)
   writer = metrics_lib.MetricsWriter(workdir)
@@ -239,7 +240,8 @@ def restore_params(model_config, opt_config, mesh, workdir: str, step: int | Non
                                             read_only=True)
   try:
     trainer = Trainer(model_config, opt_config, mesh, batch_size=1, total_steps=1,
-                      mean=preprocess.CHANNEL_MEAN, pca_std=0.0, seed=0)
+                      normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN), pca_std=0.0,
+                      seed=0)
     state = checkpoints.restore(trainer.abstract_state(), step)
     if state is None:
       raise checkpoints_lib.NoCheckpointError(
@@ -264,7 +266,8 @@ def _checked_loss(step, metrics, checkpoints) -> float:
 def lower_train_step(config: model_lib.ModelConfig, mesh, global_batch: int):
   """The jitted training step lowered for abstract inputs on `mesh` (no data, no compute)."""
   trainer = Trainer(config, optimizer_lib.OptimizerConfig(), mesh, batch_size=global_batch,
-                    total_steps=1, mean=preprocess.CHANNEL_MEAN, pca_std=0.1, seed=0)
+                    total_steps=1, normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN),
+                    pca_std=0.1, seed=0)
   size = config.image_size
   data = parallel.batch_sharding(mesh)
   batch = {'images': jax.ShapeDtypeStruct((global_batch, size, size, 3), jnp.uint8,

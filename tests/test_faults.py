@@ -71,7 +71,8 @@ def test_kill_9_loses_only_the_steps_since_the_last_checkpoint(demo, straight_ru
   process.kill()  # SIGKILL: no handler runs
   process.communicate()
   saved = _checkpoint_steps(tmp_path)
-  assert saved and max(saved) >= killed_at - 2  # at most the steps since the last save lost
+  # Saves every 2 steps are asynchronous: the newest may still be in flight at the kill.
+  assert saved and max(saved) >= killed_at - 4
   resumed = cli.run_main(*_flags(demo, tmp_path))
   assert resumed.returncode == 0, resumed.stderr
   assert f'Restored step {max(saved)}' in resumed.stderr

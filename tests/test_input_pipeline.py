@@ -18,7 +18,7 @@ from alexnet_jax import demo_data
 from alexnet_jax import input_pipeline as ip
 from alexnet_jax import preprocess
 from alexnet_jax import synthetic_data
-from tests.conftest_data import IMAGE_SIZE, TRAIN_EXAMPLES, demo  # pylint: disable=unused-import
+from tests.conftest_data import IMAGE_SIZE, TRAIN_EXAMPLES, demo  # noqa: F401  pylint: disable=unused-import
 
 R = data_config.resize_size(IMAGE_SIZE)  # 27
 
@@ -244,12 +244,12 @@ def test_ten_crops_are_the_corners_centre_and_mirrors():
 
 
 def test_ten_crops_of_a_larger_image_come_from_its_resized_central_square():
-  image = _known_square(size=2 * R, seed=4)[:, :, :]
+  image = _known_square(size=2 * R, seed=4)
   wide = np.concatenate([image, image[:, :R]], axis=1)  # 2R x 3R: the square is the middle
   cfg = data_config.DataConfig(image_size=IMAGE_SIZE, eval_crops=10)
   crops = ip._eval_images(tf.constant(_encode(wide)), cfg, False).numpy()
   centre = wide[:, R // 2:R // 2 + 2 * R]
-  square = np.round(tf.image.resize(centre[None], [R, R]).numpy()[0]).astype(np.uint8)
+  square = np.floor(tf.image.resize(centre[None], [R, R]).numpy()[0] + 0.5).astype(np.uint8)
   np.testing.assert_array_equal(crops[0], square[:IMAGE_SIZE, :IMAGE_SIZE])
   np.testing.assert_array_equal(crops[8], square[R - IMAGE_SIZE:, R - IMAGE_SIZE:][:, ::-1])
 
@@ -381,6 +381,8 @@ def test_mean_for_channel_and_pixel(demo, tmp_path):
   np.testing.assert_array_equal(mean, stored[mid:mid + IMAGE_SIZE, mid:mid + IMAGE_SIZE])
   np.save(ip.mean_image_path(cfg, str(tmp_path)), np.zeros((R, R, 3), np.float32))
   assert not ip.mean_for(cfg, workdir=str(tmp_path)).any()  # read back, not recomputed
+  other = dataclasses.replace(cfg, train_split='train[90%:]')
+  assert ip.mean_image_path(other, 'w') != ip.mean_image_path(cfg, 'w')
 
 
 def test_load_images_for_predict(tmp_path):

@@ -73,3 +73,13 @@ def test_normalize_inside_jit_is_deterministic_per_key():
 def test_pca_needs_a_key():
   with pytest.raises(ValueError, match='rng'):
     preprocess.normalize(np.zeros((1, 2, 2, 3), np.uint8), mean=np.zeros(3), pca_std=0.1)
+
+
+def test_standardize_divides_by_the_channel_std_after_the_mean():
+  images = np.full((2, 4, 4, 3), 200, np.uint8)
+  normalizer = preprocess.Normalizer(preprocess.CHANNEL_MEAN, preprocess.CHANNEL_STD)
+  out = np.asarray(normalizer(images))
+  np.testing.assert_allclose(out[0, 0, 0], (200 - preprocess.CHANNEL_MEAN) / preprocess.CHANNEL_STD,
+                             rtol=1e-6)
+  paper = np.asarray(preprocess.Normalizer(preprocess.CHANNEL_MEAN)(images))
+  np.testing.assert_allclose(paper[0, 0, 0], 200 - preprocess.CHANNEL_MEAN, rtol=1e-6)

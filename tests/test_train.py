@@ -35,7 +35,8 @@ def uninterrupted(demo, tmp_path_factory):
 def _one_step(shape):
   mesh = meshes.mesh(*shape)
   trainer = train.Trainer(meshes.TINY, optimizer.OptimizerConfig(), mesh, batch_size=8,
-                          total_steps=10, mean=preprocess.CHANNEL_MEAN, pca_std=0.1, seed=3)
+                          total_steps=10, pca_std=0.1, seed=3,
+                          normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN))
   batch = next(synthetic_data.synthetic_batches(8, 67, 10, mesh, seed=1))
   with jax.set_mesh(mesh):
     state = trainer.init_state(jax.random.key(0))
@@ -91,7 +92,7 @@ def _evaluate(demo, params, shape):
   from alexnet_jax import evaluate, input_pipeline  # pylint: disable=import-outside-toplevel
   mesh = meshes.mesh(*shape)
   config = training.data(demo)
-  step = evaluate.make_eval_step(training.MODEL, mesh, preprocess.CHANNEL_MEAN)
+  step = evaluate.make_eval_step(training.MODEL, mesh, preprocess.Normalizer(preprocess.CHANNEL_MEAN))
   with jax.set_mesh(mesh):
     return evaluate.evaluate(step, params, input_pipeline.eval_batches(config, 8, mesh),
                              input_pipeline.eval_steps(config, 8))
