@@ -60,6 +60,16 @@ def evaluate(eval_step, params, batches: Iterable[dict], num_steps: int) -> dict
           'loss': float(totals['loss']) / examples, 'num_examples': examples}
 
 
+def evaluate_split(eval_step, params, data_config, global_batch: int, mesh) -> dict:
+  """Evaluates data_config.eval_split through the input pipeline; adds the crop count."""
+  from alexnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  steps = input_pipeline.eval_steps(data_config, global_batch // jax.process_count())
+  batches = input_pipeline.eval_batches(data_config, global_batch, mesh)
+  with jax.set_mesh(mesh):
+    result = evaluate(eval_step, params, batches, steps)
+  return dict(result, crops=data_config.eval_crops)
+
+
 def write_result(workdir: str, split: str, step: int, result: dict) -> str:
   """Writes WORKDIR/eval/<split>_step<N>.json and returns its path."""
   directory = os.path.join(workdir, 'eval')

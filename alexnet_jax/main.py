@@ -95,11 +95,7 @@ def run(mode, model_config, data_config, opt_config, train_config, mesh) -> None
   if mode == 'eval':
     batch = train_config.eval_batch_size or train_config.batch_size
     eval_step = evaluate.make_eval_step(model_config, mesh, normalizer)
-    steps = input_pipeline.eval_steps(data_config, batch // jax.process_count())
-    with jax.set_mesh(mesh):
-      result = evaluate.evaluate(eval_step, params,
-                                 input_pipeline.eval_batches(data_config, batch, mesh), steps)
-    result['crops'] = data_config.eval_crops
+    result = evaluate.evaluate_split(eval_step, params, data_config, batch, mesh)
     if jax.process_index() == 0:
       path = evaluate.write_result(workdir, data_config.eval_split, step, result)
       print(f'{data_config.eval_split} at step {step}: {evaluate.result_summary(result)}')
@@ -129,6 +125,7 @@ def main(argv):
   try:
     run(mode, model_config, data_config, opt_config, train_config, mesh)
   except USER_ERRORS as error:
+    logging.debug('Traceback of the error below:', exc_info=True)  # --verbosity=1 shows it
     print(f'alexnet_jax: error: {error}', file=sys.stderr)
     sys.exit(1)
 

@@ -148,7 +148,6 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
   total = train_config.num_train_steps or max(1, round(train_config.num_epochs * steps_per_epoch))
   eval_every = train_config.eval_every_steps or steps_per_epoch
   eval_batch = train_config.eval_batch_size or batch
-  eval_steps = input_pipeline.eval_steps(data_config, eval_batch // jax.process_count())
   normalizer = input_pipeline.normalizer_for(data_config, workdir)
 
   trainer = Trainer(model_config, opt_config, mesh, batch_size=batch, total_steps=total,
@@ -168,10 +167,7 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
   progress = metrics_lib.Progress(total, batch, first)
 
   def run_eval(state, step):
-    result = evaluate_lib.evaluate(
-        eval_step, state.params, input_pipeline.eval_batches(data_config, eval_batch, mesh),
-        eval_steps)
-    result['crops'] = data_config.eval_crops
+    result = evaluate_lib.evaluate_split(eval_step, state.params, data_config, eval_batch, mesh)
     if jax.process_index() == 0:
       evaluate_lib.write_result(workdir, data_config.eval_split, step, result)
     writer.write(step, top1=result['top1'], top5=result['top5'], eval_loss=result['loss'],
