@@ -121,6 +121,27 @@ class Trainer:
     return state.replace(plateau=jax.device_put(plateau, self._replicated))
 
 
+class _Profiler:
+  """A profiler trace of `steps` training steps from `start` on (TensorBoard's profile tab)."""
+
+  def __init__(self, directory: str, start: int, steps: int):
+    self.directory, self.start, self.end = directory, start, start + steps
+    self.active = False
+
+  def at_step(self, step: int) -> None:
+    if step == self.start and self.end > self.start:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+    elif step == self.end:
+      self.stop()
+
+  def stop(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+      logging.info('Wrote a profiler trace to %s', self.directory)
+
+
 def _check_finite(value: float, step: int, checkpoints: checkpoints_lib.Checkpoints,
                   what: str = 'training loss') -> None:
   if not math.isfinite(value):
@@ -170,11 +191,12 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
     result = evaluate_lib.evaluate_split(eval_step, state.params, data_config, eval_batch, mesh)
     if jax.process_index() == 0:
       evaluate_lib.write_result(workdir, data_config.eval_split, step, result)
+      logging.info('eval at step %d: %s', step, evaluate_lib.result_summary(result))
     writer.write(step, top1=result['top1'], top5=result['top5'], eval_loss=result['loss'],
                  epoch=step / steps_per_epoch, crops=data_config.eval_crops)
-    logging.info('eval at step %d: %s', step, evaluate_lib.result_summary(result))
     return result
 
+  profiler = _Profiler(f'{workdir}/profile', first + 5, train_config.profile_steps)
   result, pending, losses = None, None, []
 
   def flush():
@@ -192,12 +214,9 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
           checkpoints.wait()
           logging.warning('Stopped at step %d after SIGTERM; checkpoint saved.', step)
           return None
-        if train_config.profile_steps and step == first + 5:
-          jax.profiler.start_trace(f'{workdir}/profile')
+        profiler.at_step(step)
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           state, metrics = trainer.step(state, next(batches))
-        if train_config.profile_steps and step == first + 5 + train_config.profile_steps:
-          jax.profiler.stop_trace()
         flush()  # the previous step's loss, read while this step runs
         pending = (step, metrics)
         done = step + 1
@@ -222,6 +241,7 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
             _check_finite(math.nan, done, checkpoints, 'parameters')
           checkpoints.save(done, state, {'top1': result['top1']} if evaluating else None)
   finally:
+    profiler.stop()
     checkpoints.close()
     writer.close()
   if jax.process_index() == 0:

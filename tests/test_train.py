@@ -28,7 +28,7 @@ def _losses(workdir):
 @pytest.fixture(scope='module')
 def uninterrupted(demo, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('uninterrupted')
-  result = training.run(demo, workdir)
+  result = training.run(demo, workdir, profile_steps=1)
   return workdir, result
 
 
@@ -63,6 +63,7 @@ def test_a_short_run_learns_and_leaves_its_files(uninterrupted):
   assert json.load(open(f'{workdir}/eval/train_90_step6.json'))['top1'] == result['top1']
   assert os.path.getsize(f'{workdir}/learning_curves.png') > 10_000
   assert glob.glob(f'{workdir}/tensorboard/events.out.tfevents.*')
+  assert glob.glob(f'{workdir}/profile/plugins/profile/*/*.xplane.pb')  # --profile_steps
   # Checkpoints: the newest three plus the best by top-1 (eval at 3 and 6).
   assert {4, 6} <= set(checkpoints.Checkpoints(str(workdir), {}).steps())
 
