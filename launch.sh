@@ -10,9 +10,25 @@ usage() {
   cat <<'USAGE'
 Usage: ./launch.sh COMMAND [ARGS]
 
-  setup [--accelerator cpu|cuda|tpu]   Create .venv (or $ALEXNET_VENV) with the right JAX build.
-  local FLAGFILE [flags...]            Run python -m alexnet_jax.main with FLAGFILE on this machine.
-  test [pytest args...]                Run the test suite (fast; CPU only).
+  setup [--accelerator cpu|cuda|tpu]
+      Create .venv (or $ALEXNET_VENV) with the right JAX build.
+  local FLAGFILE [--processes N] [flags...]
+      Run python -m alexnet_jax.main with FLAGFILE on this machine. With N > 1, start N
+      processes joined by jax.distributed on the CPU (localhost coordinator, gloo
+      collectives): the multi-process path on any machine. --cpu_devices=K gives each K.
+  slurm FLAGFILE --nodes N --gpus-per-node G [--sbatch=OPTION ...] [--dry-run] [flags...]
+      Write slurm/<flagfile name>.sbatch and submit it: N nodes, one process per GPU
+      (srun --ntasks-per-node=G); jax.distributed finds the coordinator from SLURM.
+      --sbatch=OPTION adds an #SBATCH line (e.g. --sbatch=--time=48:00:00).
+  tpu FLAGFILE --tpu NAME --zone ZONE [--project P] [--dir DIR] [--dry-run] [flags...]
+      Run FLAGFILE on every worker of a TPU VM (pod slice) at once, from DIR (default
+      alexnet_jax, in the home directory) where the code and its .venv must be:
+      gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command "...".
+  test [pytest args...]
+      Run the test suite (fast; CPU only).
+
+  --dry-run prints what would be submitted or run (the sbatch script and command, the
+  gcloud command) and does nothing. Other flags go to alexnet_jax.main.
 
 Environment: ALEXNET_VENV (virtual environment, default ./.venv), PYTHON (interpreter for setup).
 USAGE
@@ -23,6 +39,27 @@ die() { echo "launch.sh: $*" >&2; exit 2; }
 venv_python() {
   [[ -x "$VENV/bin/python" ]] || die "no virtual environment at $VENV; run ./launch.sh setup first"
   echo "$VENV/bin/python"
+}
+
+# The flagfile as a path that works from $ROOT (where runs start): relative inside it.
+flagfile_path() {
+  [[ -f "$1" ]] || die "no flagfile $1"
+  local path
+  path="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+  echo "${path#"$ROOT"/}"
+}
+
+# A command line as a shell reads it back: arguments with special characters in '...'.
+quoted() {
+  local out="" arg
+  for arg in "$@"; do
+    if [[ "$arg" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+      out+="$arg "
+    else
+      out+="'${arg//\'/\'\\\'\'}' "
+    fi
+  done
+  echo "${out% }"
 }
 
 cmd_setup() {
@@ -45,12 +82,133 @@ cmd_setup() {
   echo "launch.sh: environment ready in $VENV ($accelerator)"
 }
 
+# Exit status of background process $1, waiting again when a trapped signal interrupts.
+wait_for() {
+  local rc=0
+  wait "$1" || rc=$?
+  while (( rc > 128 )) && kill -0 "$1" 2>/dev/null; do
+    rc=0
+    wait "$1" || rc=$?
+  done
+  return "$rc"
+}
+
 cmd_local() {
   [[ $# -ge 1 ]] || die "local: needs a FLAGFILE (see experiments/)"
-  local flagfile="$1"; shift
-  [[ -f "$flagfile" ]] || die "local: no flagfile $flagfile"
+  local flagfile processes=1 args=()
+  flagfile="$(flagfile_path "$1")"; shift
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --processes) processes="${2:-}"; shift 2 || die "local: --processes needs a number" ;;
+      --processes=*) processes="${1#*=}"; shift ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  [[ "$processes" =~ ^[1-9][0-9]*$ ]] || die "local: --processes must be a positive number"
+  local python
+  python="$(venv_python)"
   cd "$ROOT"
-  exec "$(venv_python)" -m alexnet_jax.main --flagfile="$flagfile" "$@"
+  if (( processes == 1 )); then
+    exec "$python" -m alexnet_jax.main --flagfile="$flagfile" ${args[@]+"${args[@]}"}
+  fi
+  local port pids=() i
+  port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')"
+  # A SIGTERM to this script reaches every process: they save one checkpoint together.
+  trap 'kill -TERM ${pids[@]+"${pids[@]}"} 2>/dev/null || true' TERM
+  for (( i = 0; i < processes; i++ )); do
+    JAX_PLATFORMS=cpu "$python" -m alexnet_jax.main --flagfile="$flagfile" ${args[@]+"${args[@]}"} \
+      --coordinator_address="localhost:$port" --num_processes="$processes" --process_id="$i" &
+    pids+=("$!")
+  done
+  local status=0 rc
+  for (( i = 0; i < processes; i++ )); do
+    rc=0
+    wait_for "${pids[i]}" || rc=$?
+    (( rc == 0 )) || echo "launch.sh: process $i exited with status $rc" >&2
+    (( status != 0 )) || status=$rc
+  done
+  return "$status"
+}
+
+cmd_slurm() {
+  [[ $# -ge 1 ]] || die "slurm: needs a FLAGFILE (see experiments/)"
+  local flagfile nodes="" gpus="" dry_run=0 sbatch=() args=()
+  flagfile="$(flagfile_path "$1")"; shift
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --nodes) nodes="${2:-}"; shift 2 || die "slurm: --nodes needs a number" ;;
+      --nodes=*) nodes="${1#*=}"; shift ;;
+      --gpus-per-node) gpus="${2:-}"; shift 2 || die "slurm: --gpus-per-node needs a number" ;;
+      --gpus-per-node=*) gpus="${1#*=}"; shift ;;
+      --sbatch=*) sbatch+=("${1#*=}"); shift ;;
+      --dry-run) dry_run=1; shift ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  [[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "slurm: --nodes N (a positive number) is required"
+  [[ "$gpus" =~ ^[1-9][0-9]*$ ]] || die "slurm: --gpus-per-node G (a positive number) is required"
+  local name script option
+  name="$(basename "$flagfile" .flags)"
+  script="$ROOT/slurm/$name.sbatch"
+  # One task per GPU, each seeing all of its node's GPUs: JAX picks GPU SLURM_LOCALID.
+  # --signal: a SIGTERM 5 minutes before the time limit saves a checkpoint (resumed on resubmit).
+  local text
+  text="#!/bin/bash
+#SBATCH --job-name=alexnet_jax-$name
+#SBATCH --nodes=$nodes
+#SBATCH --ntasks-per-node=$gpus
+#SBATCH --gpus-per-node=$gpus
+#SBATCH --signal=TERM@300
+#SBATCH --output=$ROOT/slurm/%x-%j.out"
+  for option in ${sbatch[@]+"${sbatch[@]}"}; do text+=$'\n'"#SBATCH $option"; done
+  text+="
+set -euo pipefail
+cd $(quoted "$ROOT")
+srun --ntasks-per-node=$gpus --kill-on-bad-exit=1 $(quoted "$VENV/bin/python" -m alexnet_jax.main \
+    --flagfile="$flagfile" ${args[@]+"${args[@]}"})"
+  if (( dry_run )); then
+    echo "$text"
+    echo "sbatch $(quoted "$script")"
+    return
+  fi
+  venv_python >/dev/null
+  mkdir -p "$ROOT/slurm"
+  echo "$text" > "$script"
+  sbatch "$script"
+}
+
+cmd_tpu() {
+  [[ $# -ge 1 ]] || die "tpu: needs a FLAGFILE (see experiments/)"
+  local flagfile tpu="" zone="" project="" dir=alexnet_jax dry_run=0 args=()
+  flagfile="$(flagfile_path "$1")"; shift
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --tpu) tpu="${2:-}"; shift 2 || die "tpu: --tpu needs a name" ;;
+      --tpu=*) tpu="${1#*=}"; shift ;;
+      --zone) zone="${2:-}"; shift 2 || die "tpu: --zone needs a zone" ;;
+      --zone=*) zone="${1#*=}"; shift ;;
+      --project) project="${2:-}"; shift 2 || die "tpu: --project needs a project" ;;
+      --project=*) project="${1#*=}"; shift ;;
+      --dir) dir="${2:-}"; shift 2 || die "tpu: --dir needs a directory" ;;
+      --dir=*) dir="${1#*=}"; shift ;;
+      --dry-run) dry_run=1; shift ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  [[ -n "$tpu" ]] || die "tpu: --tpu NAME is required"
+  [[ -n "$zone" ]] || die "tpu: --zone ZONE is required"
+  # Every worker runs the same command; --distributed=on lets JAX find the others.
+  local remote
+  remote="cd $(quoted "$dir") && $(quoted ./launch.sh local "$flagfile" --distributed=on \
+      ${args[@]+"${args[@]}"})"
+  local command=(gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone")
+  [[ -z "$project" ]] || command+=(--project="$project")
+  command+=(--worker=all --command "$remote")
+  if (( dry_run )); then
+    quoted "${command[@]}"
+    return
+  fi
+  exec "${command[@]}"
 }
 
 cmd_test() {
@@ -61,6 +219,8 @@ cmd_test() {
 case "${1:-}" in
   setup) shift; cmd_setup "$@" ;;
   local) shift; cmd_local "$@" ;;
+  slurm) shift; cmd_slurm "$@" ;;
+  tpu) shift; cmd_tpu "$@" ;;
   test) shift; cmd_test "$@" ;;
   -h|--help|help|"") usage ;;
   *) usage >&2; die "unknown command $1" ;;

@@ -2,29 +2,36 @@
 
 The full training step (PCA noise, mean subtraction, sharded forward and backward, the
 paper's SGD) runs on uint8 batches made once on the devices, so the input pipeline is
-never the bottleneck. Warm-up steps, then `repeats` timed windows of `steps` steps each;
-the median and spread of images/s over the windows are reported.
+never the bottleneck. The step is compiled ahead of time (compile time and XLA's memory
+estimate are reported apart from the timing), run for warm-up steps, then for `repeats`
+timed windows of `steps` steps each, dispatched back to back with no host sync until
+the window's end; the median and spread of images/s over the windows are reported.
+With --profile_steps=N, N more steps run under the JAX profiler afterwards (never inside
+a timed window) and the device time of the compiled step is broken down by XLA op.
 
 FLOP convention: a trained image costs 3 x the forward multiply-adds x 2 FLOPs
 (forward + backward as 2 x forward): 4.35 GFLOP for the paper's net. MFU divides the
-achieved FLOP/s by the device's dense peak at the compute dtype (table below, or
+achieved FLOP/s by the devices' dense peak at the compute dtype (table below, or
 --peak_tflops).
+
+Needs no TensorFlow: nothing here or in what it imports touches the input pipeline.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import glob
+import importlib.metadata
 import json
 import os
 import platform
+import re
 import statistics
 import time
 
 from absl import logging
-import flax
 import jax
-import numpy as np
-import optax
 
 from alexnet_jax import preprocess
 from alexnet_jax import summary
@@ -37,6 +44,10 @@ PEAK_TFLOPS = {
     'H100': (989.0, 494.7), 'H200': (989.0, 494.7), 'A100': (312.0, 156.0),
     'TPU v4': (275.0, 275.0), 'TPU v5 lite': (197.0, 197.0), 'TPU v5p': (459.0, 459.0),
 }
+WARMUP_STEPS = 3
+FLOP_CONVENTION = '3 x forward multiply-adds x 2 FLOPs per trained image'
+_PACKAGES = ('jax', 'jaxlib', 'jax-cuda12-plugin', 'jax-cuda13-plugin', 'libtpu', 'flax',
+             'optax', 'numpy')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,16 +55,27 @@ class BenchmarkResult:
   images_per_second: float          # median over the timed windows
   images_per_second_min: float
   images_per_second_max: float
+  images_per_second_windows: list
   step_seconds: float               # median step time
+  compile_seconds: float
+  warmup_steps: int
+  steps_per_window: int
   flops_per_image: float
+  flop_convention: str
   mfu: float | None                 # None when the device's peak is unknown
-  peak_memory_bytes: int | None
+  peak_memory_bytes: int | None     # the runtime's peak on device 0 (None on the CPU)
+  compiled_memory_bytes: int        # XLA's peak estimate for one device's program
   batch_size: int
   mesh: dict
+  model: dict
   dtype: str
   device: str
+  platform: str
   devices: int
+  processes: int
+  host: dict                        # CPU model, cores, load average before/after, XLA_FLAGS
   versions: dict
+  profile: dict | None              # --profile_steps: device time by XLA op
 
 
 def flops_per_trained_image(model_config) -> float:
@@ -70,71 +92,255 @@ def peak_flops(device_kind: str, dtype: str, override_tflops: float | None) -> f
   return None
 
 
-def _peak_memory() -> int | None:
-  stats = jax.local_devices()[0].memory_stats() or {}
-  return stats.get('peak_bytes_in_use')
+class StepTimer:
+  """The compiled training step on synthetic batches already on the devices."""
 
-
-def measure(model_config, opt_config, mesh, batch_size: int, *, warmup: int = 3,
-            steps: int = 10, repeats: int = 5, peak_tflops: float | None = None,
-            seed: int = 0) -> BenchmarkResult:
-  """Times the training step; see the module docstring."""
-  trainer = train.Trainer(model_config, opt_config, mesh, batch_size=batch_size,
-                          total_steps=warmup + steps * repeats,
-                          normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN),
-                          pca_std=0.1, seed=seed)
-  batches = synthetic_data.synthetic_batches(batch_size, model_config.image_size,
-                                             model_config.num_classes, mesh, seed=seed)
-  with jax.set_mesh(mesh):
-    state = trainer.init_state(jax.random.key(seed))
-    for _ in range(warmup):
-      state, metrics = trainer.step(state, next(batches))
-    jax.block_until_ready(metrics)
-    windows = []
-    for _ in range(repeats):
+  def __init__(self, model_config, opt_config, mesh, batch_size: int, *, seed: int = 0):
+    self.mesh = mesh
+    trainer = train.Trainer(model_config, opt_config, mesh, batch_size=batch_size,
+                            total_steps=1_000_000,
+                            normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN),
+                            pca_std=0.1, seed=seed)
+    self._batches = synthetic_data.synthetic_batches(batch_size, model_config.image_size,
+                                                     model_config.num_classes, mesh, seed=seed)
+    with jax.set_mesh(mesh):
+      self._state = trainer.init_state(jax.random.key(seed))
       start = time.perf_counter()
-      for _ in range(steps):
-        state, metrics = trainer.step(state, next(batches))
-      jax.block_until_ready((state, metrics))
-      windows.append(time.perf_counter() - start)
+      self.compiled = trainer.step.lower(self._state, next(self._batches)).compile()
+      self.compile_seconds = time.perf_counter() - start
+
+  def time(self, steps: int) -> float:
+    """Seconds for `steps` steps dispatched back to back, until the last one is done."""
+    start = time.perf_counter()
+    for _ in range(steps):
+      self._state, metrics = self.compiled(self._state, next(self._batches))
+    jax.block_until_ready((self._state, metrics))
+    return time.perf_counter() - start
+
+  def profile(self, steps: int, directory: str) -> dict:
+    """Runs `steps` steps under the profiler; the device time of each XLA op."""
+    with jax.profiler.trace(directory):
+      self.time(steps)
+    traces = glob.glob(os.path.join(directory, '**', '*.xplane.pb'), recursive=True)
+    return op_breakdown(max(traces, key=os.path.getmtime), self.compiled.as_text(), steps)
+
+
+# ----------------------------------------------------------------------------------
+# Profile breakdown: trace events named after the compiled HLO's instructions.
+
+_INSTRUCTION = re.compile(r'\s*(?:ROOT )?%(\S+) = (.+?) ([a-z][\w-]*)\((.*)')
+_COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'collective-permute', 'all-to-all')
+_CONTROL_FLOW = ('while', 'conditional', 'call')  # their bodies' ops are traced themselves
+
+
+def _instructions(hlo_text: str) -> dict:
+  """name -> (opcodes inside it, custom-call targets, result shape, op_name, operands)."""
+  computations, current, parsed = {}, None, {}
+  for line in hlo_text.splitlines():
+    head = re.match(r'^(?:ENTRY )?%(\S+) .*\{$', line)
+    if head:
+      current = computations.setdefault(head[1], [])
+    elif current is not None and (match := _INSTRUCTION.match(line)):
+      current.append(match)
+  targets_of = lambda text: set(re.findall(r'custom_call_target="([^"]+)"', text))
+  for lines in computations.values():
+    for match in lines:
+      name, shape, opcode, rest = match.groups()
+      ops, targets = {opcode}, targets_of(rest)
+      called = re.search(r'calls=%([\w.-]+)', rest)
+      if called and opcode == 'fusion':
+        for inner in computations.get(called[1], []):
+          ops.add(inner[3])
+          targets |= targets_of(inner[4])
+      op_name = re.search(r'op_name="([^"]+)"', rest)
+      operands = re.findall(r'%([\w.-]+)', rest.split(')', 1)[0])
+      parsed[name] = (ops, targets, shape.split('{')[0], op_name[1] if op_name else '', operands)
+  return parsed
+
+
+def _category(ops: set, targets: set) -> str:
+  """What an op (with the ops fused into it) mostly does; custom calls: cuDNN, cuBLAS."""
+  targets = ' '.join(targets).lower()
+  if 'convolution' in ops or 'conv' in targets:
+    return 'convolution'
+  if 'dot' in ops or 'gemm' in targets or 'matmul' in targets:
+    return 'matmul'
+  if ops & {'select-and-scatter', 'scatter'}:
+    return 'scatter (max-pool gradient)'
+  if 'reduce-window' in ops:
+    return 'reduce-window (LRN sums, max-pool)'
+  if ops & set(_COLLECTIVES):
+    return 'collective'
+  if ops <= {'copy', 'transpose', 'bitcast', 'parameter', 'fusion', 'slice'}:
+    return 'copy / transpose / slice'
+  return 'elementwise and other fusions'
+
+
+def _source(name: str, instructions: dict) -> str:
+  """The JAX op_name of an instruction, else of the first neighbour that has one."""
+  *_, op_name, operands = instructions[name]
+  if op_name:
+    return op_name
+  users = (other for other, (*_, inputs) in instructions.items() if name in inputs)
+  for neighbour in (*users, *operands):
+    if neighbour in instructions and instructions[neighbour][3]:
+      return instructions[neighbour][3] + ' (neighbour)'
+  return ''
+
+
+def _part(source: str) -> str:
+  """'backward conv1', 'forward ReLU/LRN/pool/dropout', 'step (input, loss, optimizer)'."""
+  layer = re.search(r'AlexNet/(conv\d|fc\d)/', source)
+  if not layer and 'AlexNet._after' not in source:
+    return 'step (input, loss, optimizer)'
+  where = layer[1] if layer else 'ReLU/LRN/pool/dropout'
+  return f"{'backward' if 'transpose(' in source else 'forward'} {where}"
+
+
+def op_breakdown(xplane_path: str, hlo_text: str, steps: int, top: int = 15) -> dict:
+  """Device time per step by category and for the top ops, from a profiler trace.
+
+  On GPUs and TPUs the device planes' 'XLA Ops' lines hold one event per op; on the CPU
+  the host threads do (one event per thread an op ran on: time summed over threads).
+  Time is summed over all devices.
+  """
+  instructions = _instructions(hlo_text)
+  planes = list(jax.profiler.ProfileData.from_file(xplane_path).planes)
+  lines = [line for plane in planes if plane.name.startswith('/device:')
+           for line in plane.lines if line.name == 'XLA Ops']
+  if not lines:
+    lines = [line for plane in planes if plane.name.startswith('/host:CPU')
+             for line in plane.lines if line.name != 'python']
+  per_op = collections.Counter()
+  for line in lines:
+    for event in line.events:
+      if event.name in instructions and not instructions[event.name][0] & set(_CONTROL_FLOW):
+        per_op[event.name] += event.duration_ns
+  total = sum(per_op.values()) or 1
+  by_category, by_part = collections.Counter(), collections.Counter()
+  for name, nanoseconds in per_op.items():
+    by_category[_category(*instructions[name][:2])] += nanoseconds
+    by_part[_part(_source(name, instructions))] += nanoseconds
+  ms = lambda nanoseconds: round(nanoseconds / steps / 1e6, 3)
+  return {
+      'ms_per_step': ms(total),
+      'categories': [{'category': c, 'ms_per_step': ms(t), 'share': round(t / total, 4)}
+                     for c, t in by_category.most_common()],
+      'parts': [{'part': p, 'ms_per_step': ms(t), 'share': round(t / total, 4)}
+                for p, t in by_part.most_common()],
+      'top_ops': [{'op': name, 'category': _category(*instructions[name][:2]),
+                   'shape': instructions[name][2], 'source': _source(name, instructions),
+                   'ms_per_step': ms(t), 'share': round(t / total, 4)}
+                  for name, t in per_op.most_common(top)],
+  }
+
+
+def format_profile(profile: dict) -> str:
+  lines = [f"Device time by XLA op ({profile['ms_per_step']:.1f} ms per step, summed over "
+           'devices and, on the CPU, over threads):']
+  lines += [f"  {row['share']:6.1%} {row['ms_per_step']:9.2f} ms  {row['category']}"
+            for row in profile['categories']]
+  lines.append('By pass and layer (ops without a JAX source take a neighbour\'s):')
+  lines += [f"  {row['share']:6.1%} {row['ms_per_step']:9.2f} ms  {row['part']}"
+            for row in profile['parts']]
+  lines.append('Top ops:')
+  lines += [f"  {row['share']:6.1%} {row['ms_per_step']:9.2f} ms  {row['op']:<28} "
+            f"{row['shape']:<24} {row['source'][-70:]}" for row in profile['top_ops']]
+  return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------------
+# Measuring and reporting.
+
+
+def _host(load_before: float) -> dict:
+  model = ''
+  if os.path.exists('/proc/cpuinfo'):
+    with open('/proc/cpuinfo') as f:
+      model = next((line.split(':', 1)[1].strip() for line in f
+                    if line.startswith('model name')), '')
+  return {'cpu': model or platform.processor(), 'cores': os.cpu_count(),
+          'load_average_before': round(load_before, 2),
+          'load_average_after': round(os.getloadavg()[0], 2),
+          'xla_flags': os.environ.get('XLA_FLAGS', '')}
+
+
+def _versions() -> dict:
+  versions = {'python': platform.python_version(),
+              'backend': jax.devices()[0].client.platform_version}
+  for package in _PACKAGES:
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return versions
+
+
+def measure(model_config, opt_config, mesh, batch_size: int, *, warmup: int = WARMUP_STEPS,
+            steps: int = 10, repeats: int = 5, peak_tflops: float | None = None,
+            seed: int = 0, profile_steps: int = 0,
+            profile_dir: str | None = None) -> BenchmarkResult:
+  """Times the training step; see the module docstring."""
+  load_before = os.getloadavg()[0]
+  timer = StepTimer(model_config, opt_config, mesh, batch_size, seed=seed)
+  timer.time(warmup)
+  windows = [timer.time(steps) for _ in range(repeats)]
+  profile = timer.profile(profile_steps, profile_dir) if profile_steps else None
   rates = [steps * batch_size / seconds for seconds in windows]
   rate = statistics.median(rates)
   flops = flops_per_trained_image(model_config)
-  device = jax.devices()[0].device_kind
-  peak = peak_flops(device, model_config.dtype, peak_tflops)
+  device = jax.devices()[0]
+  peak = peak_flops(device.device_kind, model_config.dtype, peak_tflops)
+  memory = timer.compiled.memory_analysis()
   return BenchmarkResult(
       images_per_second=rate, images_per_second_min=min(rates),
-      images_per_second_max=max(rates), step_seconds=statistics.median(windows) / steps,
-      flops_per_image=flops, mfu=(rate * flops / (peak * jax.device_count()) if peak else None),
-      peak_memory_bytes=_peak_memory(), batch_size=batch_size, mesh=dict(mesh.shape),
-      dtype=model_config.dtype, device=device, devices=jax.device_count(),
-      versions={'python': platform.python_version(), 'jax': jax.__version__,
-                'jaxlib': jax.lib.__version__ if hasattr(jax.lib, '__version__') else '',
-                'flax': flax.__version__, 'optax': optax.__version__,
-                'numpy': np.__version__})
+      images_per_second_max=max(rates), images_per_second_windows=rates,
+      step_seconds=statistics.median(windows) / steps, compile_seconds=timer.compile_seconds,
+      warmup_steps=warmup, steps_per_window=steps, flops_per_image=flops,
+      flop_convention=FLOP_CONVENTION,
+      mfu=(rate * flops / (peak * jax.device_count()) if peak else None),
+      peak_memory_bytes=(device.memory_stats() or {}).get('peak_bytes_in_use'),
+      compiled_memory_bytes=memory.peak_memory_in_bytes, batch_size=batch_size,
+      mesh=dict(mesh.shape), model=dataclasses.asdict(model_config), dtype=model_config.dtype,
+      device=device.device_kind, platform=device.platform, devices=jax.device_count(),
+      processes=jax.process_count(), host=_host(load_before), versions=_versions(),
+      profile=profile)
 
 
 def report(result: BenchmarkResult) -> str:
-  spread = f'{result.images_per_second_min:,.0f}..{result.images_per_second_max:,.0f}'
+  spread = f'{result.images_per_second_min:,.1f}..{result.images_per_second_max:,.1f}'
   mfu = f'{100 * result.mfu:.1f}%' if result.mfu is not None else 'n/a (unknown peak)'
-  memory = (f'{result.peak_memory_bytes / 2**30:.2f} GiB' if result.peak_memory_bytes
-            else 'n/a')
-  return '\n'.join([
-      f'device: {result.devices} x {result.device}, mesh {result.mesh}, {result.dtype}, '
-      f'global batch {result.batch_size}',
-      f'images/s: {result.images_per_second:,.0f} (median; windows {spread})',
-      f'step time: {1000 * result.step_seconds:.2f} ms',
-      f'MFU: {mfu} at {result.flops_per_image / 1e9:.2f} GFLOP per trained image '
-      '(3 x forward, 2 FLOPs per multiply-add)',
-      f'peak device memory: {memory}',
-      f'versions: {result.versions}'])
+  runtime = (f'{result.peak_memory_bytes / 2**30:.2f} GiB' if result.peak_memory_bytes
+             else 'n/a')
+  host = result.host
+  lines = [
+      f'device: {result.devices} x {result.device} ({result.platform}), mesh {result.mesh}, '
+      f'{result.dtype}, global batch {result.batch_size}',
+      f"host: {host['cpu']}, {host['cores']} cores, load average {host['load_average_before']} "
+      f"before, {host['load_average_after']} after",
+      f'images/s: {result.images_per_second:,.1f} (median of {len(result.images_per_second_windows)}'
+      f' windows of {result.steps_per_window} steps; spread {spread})',
+      f'step time: {1000 * result.step_seconds:.2f} ms (compile {result.compile_seconds:.1f} s, '
+      f'{result.warmup_steps} warm-up steps)',
+      f'MFU: {mfu} at {result.flops_per_image / 1e9:.3f} GFLOP per trained image '
+      f'({result.flop_convention})',
+      f'peak device memory: {runtime} (runtime, device 0); XLA estimate '
+      f'{result.compiled_memory_bytes / 2**30:.2f} GiB per device',
+      f'versions: {result.versions}']
+  if result.profile:
+    lines.append(format_profile(result.profile))
+  return '\n'.join(lines)
 
 
 def run(model_config, opt_config, train_config, mesh, workdir: str | None, *,
         steps: int = 10, repeats: int = 5, peak_tflops: float | None = None) -> BenchmarkResult:
   """--mode=benchmark: measure, print, and write WORKDIR/benchmark.json (if a workdir)."""
+  if train_config.profile_steps and not workdir:
+    raise ValueError('--profile_steps writes its trace into --workdir: set --workdir.')
   result = measure(model_config, opt_config, mesh, train_config.batch_size, steps=steps,
-                   repeats=repeats, peak_tflops=peak_tflops, seed=train_config.seed)
+                   repeats=repeats, peak_tflops=peak_tflops, seed=train_config.seed,
+                   profile_steps=train_config.profile_steps,
+                   profile_dir=workdir and os.path.join(workdir, 'profile'))
   if jax.process_index() == 0:
     print(report(result))
     if workdir:

@@ -76,13 +76,13 @@ def should_start(config: ProcessConfig, environ: Mapping[str, str]) -> bool:
   return config.explicit or slurm_tasks(environ) > 1
 
 
-def initialize(config: ProcessConfig) -> bool:
+def initialize(config: ProcessConfig) -> None:
   """Starts jax.distributed if `config` and the environment ask for it.
 
-  Must run before anything touches a device. Returns whether it started.
+  Must run before anything touches a device.
   """
   if not should_start(config, os.environ):
-    return False
+    return
   # Cross-process collectives of the CPU backend (the only one that needs telling).
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(
@@ -91,7 +91,6 @@ def initialize(config: ProcessConfig) -> bool:
       heartbeat_timeout_seconds=config.heartbeat_timeout)
   logging.info('Process %d of %d: %d of %d devices are local.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  return True
 
 
 def barrier(name: str) -> None:

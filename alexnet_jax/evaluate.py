@@ -63,7 +63,8 @@ def evaluate(eval_step, params, batches: Iterable[dict], num_steps: int) -> dict
 def evaluate_split(eval_step, params, data_config, global_batch: int, mesh) -> dict:
   """Evaluates data_config.eval_split through the input pipeline; adds the crop count."""
   from alexnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-  steps = input_pipeline.eval_steps(data_config, global_batch // jax.process_count())
+  _, readers = input_pipeline.data_readers(mesh)
+  steps = input_pipeline.eval_steps(data_config, global_batch // readers, readers)
   batches = input_pipeline.eval_batches(data_config, global_batch, mesh)
   with jax.set_mesh(mesh):
     result = evaluate(eval_step, params, batches, steps)

@@ -506,19 +506,34 @@ def eval_dataset(cfg: DataConfig, local_batch_size: int, *, process_index: int |
 # Global batches on the mesh.
 
 
-def _check_batch(global_batch_size: int, mesh) -> int:
-  """The per-process batch; raises ValueError if the batch cannot be split evenly."""
-  count, data = jax.process_count(), mesh.shape['data']
+def data_readers(mesh) -> tuple[int, int]:
+  """(index, count) of this process among the processes that read distinct examples.
+
+  Processes whose devices hold the same rows of the mesh's 'data' axis need the same
+  examples: the two processes of a tower pair (one process per GPU, tower=2) read one
+  part of the data together.
+  """
+  rows = collections.defaultdict(set)
+  for (row, _), device in np.ndenumerate(mesh.devices):
+    rows[device.process_index].add(row)
+  groups = sorted({frozenset(r) for r in rows.values()}, key=min)
+  return groups.index(frozenset(rows[jax.process_index()])), len(groups)
+
+
+def _check_batch(global_batch_size: int, mesh) -> tuple[int, int, int]:
+  """(local batch, reader index, reader count); ValueError if the batch cannot be split."""
+  index, count = data_readers(mesh)
+  data = mesh.shape['data']
   if global_batch_size % count or global_batch_size % data:
     raise ValueError(f'the global batch size {global_batch_size} must be divisible by the '
-                     f'number of processes ({count}) and by the mesh\'s data axis ({data}).')
-  return global_batch_size // count
+                     f'number of processes reading data ({count}) and by the mesh\'s data '
+                     f'axis ({data}).')
+  return global_batch_size // count, index, count
 
 
-def _to_global(batches: Iterable[dict], mesh) -> Iterator[dict]:
+def _to_global(batches: Iterable[dict], mesh, count: int) -> Iterator[dict]:
   """Host numpy batches -> global jax.Arrays split over 'data' (transfers start now)."""
   sharding = NamedSharding(mesh, P('data'))
-  count = jax.process_count()
   for batch in batches:
     yield {key: jax.make_array_from_process_local_data(
                sharding, value, (value.shape[0] * count,) + value.shape[1:])
@@ -542,19 +557,20 @@ def train_batches(cfg: DataConfig, global_batch_size: int, mesh,
 
   The batch of step N is the same whether the run started at 0 or resumed at N.
   """
-  local = _check_batch(global_batch_size, mesh)
-  ds = train_dataset(cfg, local, start_step=start_step)
-  return prefetch(_to_global(ds.as_numpy_iterator(), mesh))
+  local, index, count = _check_batch(global_batch_size, mesh)
+  ds = train_dataset(cfg, local, start_step=start_step, process_index=index, process_count=count)
+  return prefetch(_to_global(ds.as_numpy_iterator(), mesh, count))
 
 
 def eval_batches(cfg: DataConfig, global_batch_size: int, mesh) -> Iterator[dict]:
   """{'images': uint8 (B, C, S, S, 3), 'labels': int32 (B,), 'mask': bool (B,)}.
 
-  eval_steps(cfg, B // processes) batches; count an example only where mask is True.
+  eval_steps(cfg, B // readers, readers) batches (readers: data_readers(mesh)[1]); count
+  an example only where mask is True.
   """
-  local = _check_batch(global_batch_size, mesh)
-  ds = eval_dataset(cfg, local)
-  return prefetch(_to_global(ds.as_numpy_iterator(), mesh))
+  local, index, count = _check_batch(global_batch_size, mesh)
+  ds = eval_dataset(cfg, local, process_index=index, process_count=count)
+  return prefetch(_to_global(ds.as_numpy_iterator(), mesh, count))
 
 
 # ----------------------------------------------------------------------------------
