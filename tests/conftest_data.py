@@ -1,6 +1,6 @@
 """Shared data fixtures: the demo ImageNet, prepared once per session through TFDS.
 
-Import the fixtures into a test module (`from tests.conftest_data import demo`); the
+Registered for every test module by conftest.py (`pytest_plugins`); the
 dataset is built once per session whichever module asks first.
 """
 

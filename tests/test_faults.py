@@ -11,7 +11,6 @@ import pytest
 
 from alexnet_jax import metrics
 from tests import cli
-from tests.conftest_data import demo  # pylint: disable=unused-import
 
 STEPS = 10
 

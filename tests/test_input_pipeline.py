@@ -15,10 +15,12 @@ import tensorflow_datasets as tfds
 
 from alexnet_jax import data_config
 from alexnet_jax import demo_data
+from alexnet_jax import augment
 from alexnet_jax import input_pipeline as ip
 from alexnet_jax import preprocess
 from alexnet_jax import synthetic_data
-from tests.conftest_data import IMAGE_SIZE, TRAIN_EXAMPLES, demo  # noqa: F401  pylint: disable=unused-import
+from alexnet_jax import tfds_data
+from tests.conftest_data import IMAGE_SIZE, TRAIN_EXAMPLES
 
 R = data_config.resize_size(IMAGE_SIZE)  # 27
 
@@ -70,10 +72,10 @@ def test_preparation_keeps_odd_images_and_skips_the_corrupt_one(demo):
   cfg = demo.config(augment='paper')
   for name in odd.values():
     if name in stored:
-      image = ip._train_image(tf.constant(stored[name]['image']), tf.constant([0, 1], tf.int64),
+      image = augment.train_image(tf.constant(stored[name]['image']), tf.constant([0, 1], tf.int64),
                               cfg, True).numpy()
       assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and image.dtype == np.uint8
-  gray = ip._train_image(tf.constant(stored[odd['gray']]['image']),
+  gray = augment.train_image(tf.constant(stored[odd['gray']]['image']),
                          tf.constant([0, 2], tf.int64), cfg, True).numpy()
   assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 0], gray[..., 2])
 
@@ -84,38 +86,38 @@ def test_sanitize_image_converts_cmyk_and_png_and_rejects_garbage():
   buffer = io.BytesIO()
   Image.fromarray(rgb).convert('CMYK').save(buffer, 'JPEG', quality=95)
   cmyk = buffer.getvalue()
-  fixed = ip.sanitize_image(cmyk)
+  fixed = tfds_data.sanitize_image(cmyk)
   with Image.open(io.BytesIO(fixed)) as im:
     assert (im.format, im.mode) == ('JPEG', 'RGB')
     np.testing.assert_allclose(np.asarray(im)[8, 12], (200, 30, 40), atol=6)
-  fixed = ip.sanitize_image(_encode(rgb, 'PNG'))
+  fixed = tfds_data.sanitize_image(_encode(rgb, 'PNG'))
   with Image.open(io.BytesIO(fixed)) as im:
     assert im.format == 'JPEG'
     np.testing.assert_allclose(np.asarray(im)[8, 12], (200, 30, 40), atol=6)
   gray = _encode(rgb[..., 0], 'JPEG')
-  assert ip.sanitize_image(gray) == gray  # untouched: decodes to 3 channels as it is
+  assert tfds_data.sanitize_image(gray) == gray  # untouched: decodes to 3 channels as it is
   good = _encode(rgb, 'JPEG')
-  assert ip.sanitize_image(good) == good
-  assert ip.sanitize_image(good[:len(good) // 2]) is None
-  assert ip.sanitize_image(b'not an image') is None
+  assert tfds_data.sanitize_image(good) == good
+  assert tfds_data.sanitize_image(good[:len(good) // 2]) is None
+  assert tfds_data.sanitize_image(b'not an image') is None
 
 
 def test_missing_tars_name_the_expected_files_before_any_work(tmp_path):
   data_dir, manual_dir = tmp_path / 'tfds', tmp_path / 'manual'
   manual_dir.mkdir()
   cfg = data_config.DataConfig(data_dir=str(data_dir), manual_dir=str(manual_dir))
-  with pytest.raises(ip.MissingDataError) as error:
+  with pytest.raises(tfds_data.MissingDataError) as error:
     ip.prepare(cfg)
   message = str(error.value)
   assert os.path.join(str(manual_dir), 'ILSVRC2012_img_train.tar') in message
   assert os.path.join(str(manual_dir), 'ILSVRC2012_img_val.tar') in message
   assert not (data_dir / 'imagenet2012').exists()  # nothing was started
   (manual_dir / 'ILSVRC2012_img_train.tar').write_bytes(b'')
-  with pytest.raises(ip.MissingDataError, match=r'missing: ILSVRC2012_img_val\.tar'):
+  with pytest.raises(tfds_data.MissingDataError, match=r'missing: ILSVRC2012_img_val\.tar'):
     ip.prepare(cfg)
-  with pytest.raises(ip.MissingDataError, match='manual_dir'):
+  with pytest.raises(tfds_data.MissingDataError, match='manual_dir'):
     ip.prepare(dataclasses.replace(cfg, manual_dir=None))
-  with pytest.raises(ip.MissingDataError, match='prepare'):
+  with pytest.raises(tfds_data.MissingDataError, match='prepare'):
     ip.dataset_info(cfg)
 
 
@@ -150,7 +152,7 @@ def test_paper_crop_positions_and_flips_cover_their_range():
   square = _known_square()
   data = tf.constant(_encode(square))
   cfg = data_config.DataConfig(image_size=IMAGE_SIZE)
-  crop_fn = tf.function(lambda seed: ip._train_image(data, seed, cfg, False))
+  crop_fn = tf.function(lambda seed: augment.train_image(data, seed, cfg, False))
   found = [_find_crop(crop_fn(tf.constant([7, i], tf.int64)).numpy(), square) for i in range(300)]
   assert all(f is not None for f in found)  # every output is an exact S x S crop
   positions = {(y, x) for y, x, _ in found}
@@ -169,7 +171,7 @@ def test_paper_crop_of_a_large_jpeg_maps_back_to_a_crop_of_the_resized_square():
   data = tf.constant(_encode(image, 'JPEG', quality=98))
   cfg = data_config.DataConfig(image_size=IMAGE_SIZE)
   scale, left = height / R, (width - height) // 2  # source pixels per square pixel
-  crop_fn = tf.function(lambda seed: ip._train_image(data, seed, cfg, True))
+  crop_fn = tf.function(lambda seed: augment.train_image(data, seed, cfg, True))
   offsets, flips = [], []
   for i in range(40):
     crop = crop_fn(tf.constant([1, i], tf.int64)).numpy().astype(np.float64)
@@ -196,7 +198,7 @@ def test_paper_crop_of_a_large_jpeg_maps_back_to_a_crop_of_the_resized_square():
 def test_no_augmentation_is_the_centre_crop():
   square = _known_square()
   cfg = data_config.DataConfig(image_size=IMAGE_SIZE, augment='none')
-  crop = ip._train_image(tf.constant(_encode(square)), tf.constant([0, 0], tf.int64), cfg, False)
+  crop = augment.train_image(tf.constant(_encode(square)), tf.constant([0, 0], tf.int64), cfg, False)
   mid = (R - IMAGE_SIZE) // 2
   np.testing.assert_array_equal(crop, square[mid:mid + IMAGE_SIZE, mid:mid + IMAGE_SIZE])
 
@@ -208,7 +210,7 @@ def test_inception_crop_area_and_aspect_ranges():
   image = np.stack([xx, yy, np.zeros_like(xx)], -1).astype(np.uint8)
   data = tf.constant(_encode(image))
   cfg = data_config.DataConfig(image_size=IMAGE_SIZE, augment='inception')
-  crop_fn = tf.function(lambda seed: ip._train_image(data, seed, cfg, False))
+  crop_fn = tf.function(lambda seed: augment.train_image(data, seed, cfg, False))
   areas, aspects, flips = [], [], []
   for i in range(100):
     crop = crop_fn(tf.constant([3, i], tf.int64)).numpy().astype(np.float64)
@@ -231,14 +233,14 @@ def test_inception_crop_area_and_aspect_ranges():
 def test_ten_crops_are_the_corners_centre_and_mirrors():
   square = _known_square(seed=3)
   cfg = data_config.DataConfig(image_size=IMAGE_SIZE, eval_crops=10)
-  crops = ip._eval_images(tf.constant(_encode(square)), cfg, False).numpy()
+  crops = augment.eval_images(tf.constant(_encode(square)), cfg, False).numpy()
   s, far, mid = IMAGE_SIZE, R - IMAGE_SIZE, (R - IMAGE_SIZE) // 2
   expected = [square[:s, :s], square[:s, far:], square[far:, :s], square[far:, far:],
               square[mid:mid + s, mid:mid + s]]
   expected += [e[:, ::-1] for e in expected]
   assert crops.shape == (10, s, s, 3) and crops.dtype == np.uint8
   np.testing.assert_array_equal(crops, np.stack(expected))
-  one = ip._eval_images(tf.constant(_encode(square)), dataclasses.replace(cfg, eval_crops=1),
+  one = augment.eval_images(tf.constant(_encode(square)), dataclasses.replace(cfg, eval_crops=1),
                         False).numpy()
   np.testing.assert_array_equal(one, np.stack(expected[4:5]))
 
@@ -247,7 +249,7 @@ def test_ten_crops_of_a_larger_image_come_from_its_resized_central_square():
   image = _known_square(size=2 * R, seed=4)
   wide = np.concatenate([image, image[:, :R]], axis=1)  # 2R x 3R: the square is the middle
   cfg = data_config.DataConfig(image_size=IMAGE_SIZE, eval_crops=10)
-  crops = ip._eval_images(tf.constant(_encode(wide)), cfg, False).numpy()
+  crops = augment.eval_images(tf.constant(_encode(wide)), cfg, False).numpy()
   centre = wide[:, R // 2:R // 2 + 2 * R]
   square = np.floor(tf.image.resize(centre[None], [R, R]).numpy()[0] + 0.5).astype(np.uint8)
   np.testing.assert_array_equal(crops[0], square[:IMAGE_SIZE, :IMAGE_SIZE])
@@ -372,7 +374,7 @@ def test_mean_for_channel_and_pixel(demo, tmp_path):
   stored = np.load(ip.mean_image_path(cfg, str(tmp_path)))
   assert stored.shape == (R, R, 3)
   # The mean of the 90 training squares, computed here the long way.
-  squares = [ip._to_uint8(ip.central_square(tf.constant(x['image']), R)).numpy()
+  squares = [augment.to_uint8(augment.central_square(tf.constant(x['image']), R)).numpy()
              for x in tfds.builder('imagenet2012', data_dir=demo.data_dir).as_dataset(
                  'train[:90%]', decoders={'image': tfds.decode.SkipDecoding()})
              .as_numpy_iterator()]

@@ -22,7 +22,6 @@ import pytest
 from alexnet_jax import distributed
 from alexnet_jax import metrics
 from tests import cli
-from tests.conftest_data import demo  # pylint: disable=unused-import
 
 TINY = dict(mode='train', image_size=67, width=0.125, init='he', num_classes=1000,
             batch_size=16, learning_rate=0.001, schedule='constant', train_split='train[:16]',

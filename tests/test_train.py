@@ -17,7 +17,6 @@ from alexnet_jax import synthetic_data
 from alexnet_jax import train
 from tests import meshes
 from tests import training
-from tests.conftest_data import demo  # pylint: disable=unused-import
 
 
 def _losses(workdir):

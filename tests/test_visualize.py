@@ -13,7 +13,6 @@ from alexnet_jax import train
 from alexnet_jax import visualize
 from tests import meshes
 from tests import training
-from tests.conftest_data import demo  # pylint: disable=unused-import
 
 QUERIES, NEIGHBOURS = 4, 6
 

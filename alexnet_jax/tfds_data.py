@@ -1,0 +1,171 @@
+"""TFDS datasets: imagenet2012 prepared offline from the user's tars, and dataset facts.
+
+`prepare` runs TFDS's own imagenet2012 builder on ILSVRC2012_img_train.tar and
+ILSVRC2012_img_val.tar (no network), with every image checked on the way in: CMYK JPEGs
+and non-JPEG files (the PNG named .JPEG) become RGB JPEGs, grayscale JPEGs stay (they
+decode to 3 channels), and files no decoder can read are skipped and logged, so a long
+run never meets them. Any other TFDS dataset is prepared by its own builder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+from absl import logging
+from PIL import Image
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from alexnet_jax import augment
+from alexnet_jax import data_config as data_config_lib
+from alexnet_jax import demo_data
+
+DataConfig = data_config_lib.DataConfig
+IMAGENET = 'imagenet2012'
+IMAGENET_TARS = (demo_data.TRAIN_TAR, demo_data.VAL_TAR)
+
+
+class MissingDataError(FileNotFoundError):
+  """The dataset is not prepared and the files to prepare it are not where expected."""
+
+
+def _hide_accelerators_from_tf() -> None:
+  """tf.data never touches the accelerator; a full TF would otherwise grab its memory."""
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+    tf.config.set_visible_devices([], 'TPU')
+  except (RuntimeError, ValueError):
+    pass  # TF already initialized its devices, or has no such device type
+
+
+_hide_accelerators_from_tf()
+
+
+def sanitize_image(data: bytes) -> bytes | None:
+  """Bytes the pipeline can decode-and-crop as JPEG, or None if no decoder can read them.
+
+  RGB and grayscale JPEGs pass unchanged (checked by decoding every scan at 1/8 size);
+  CMYK JPEGs and other formats (PNG, GIF, BMP) are re-encoded as RGB JPEGs.
+  """
+  try:
+    with Image.open(io.BytesIO(data)) as image:  # header only
+      fmt, mode = image.format, image.mode
+  except Exception:  # pylint: disable=broad-except
+    fmt, mode = None, None  # let TF decide
+  try:
+    if fmt == 'JPEG' and mode in ('RGB', 'L'):
+      tf.io.decode_jpeg(data, ratio=8)
+      return data
+    if fmt == 'JPEG':  # CMYK or YCCK: libjpeg converts to RGB
+      pixels = tf.io.decode_jpeg(data, channels=3, dct_method=augment.DCT_METHOD)
+    else:
+      pixels = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return tf.io.encode_jpeg(pixels, format='rgb', quality=100).numpy()
+  except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+    return None
+
+
+def _imagenet_builder_cls():
+  """TFDS's imagenet2012 builder with every image sanitized; writes the same dataset."""
+  from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder as stock  # pylint: disable=import-outside-toplevel
+
+  class Imagenet2012(stock.Builder, skip_registration=True):
+    """Same name, version and features as the stock builder: stock TFDS reads the result."""
+    name = IMAGENET
+    pkg_dir_path = stock.Builder._get_pkg_dir_path()  # pylint: disable=protected-access
+
+    def __init__(self, **kwargs):
+      super().__init__(**kwargs)
+      self.skipped: list[str] = []
+
+    def _generate_examples(self, archive, **kwargs):
+      for key, example in super()._generate_examples(archive, **kwargs):
+        image = example['image']
+        data = image if isinstance(image, bytes) else image.read()
+        clean = sanitize_image(data)
+        if clean is None:
+          self.skipped.append(example['file_name'])
+          logging.warning('Skipping undecodable image %s (%d bytes); %d skipped so far.',
+                          example['file_name'], len(data), len(self.skipped))
+          continue
+        yield key, {**example, 'image': clean}
+
+  return Imagenet2012
+
+
+def tfds_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
+  return tfds.builder(cfg.dataset, data_dir=cfg.data_dir)
+
+
+def is_prepared(builder) -> bool:
+  return tf.io.gfile.exists(os.path.join(builder.data_dir, 'dataset_info.json'))
+
+
+def check_manual_dir(cfg: DataConfig) -> None:
+  """Raises MissingDataError naming the expected tars unless both are in manual_dir."""
+  where = cfg.manual_dir or '<--manual_dir not set>'
+  missing = [name for name in IMAGENET_TARS
+             if not cfg.manual_dir or not tf.io.gfile.exists(os.path.join(cfg.manual_dir, name))]
+  if missing:
+    data_dir = cfg.data_dir or tfds.core.constants.DATA_DIR
+    raise MissingDataError(
+        f'{IMAGENET} is not prepared in {data_dir} and its source files are missing: '
+        f'expected {" and ".join(os.path.join(where, name) for name in IMAGENET_TARS)} '
+        f'(missing: {", ".join(missing)}). Download them from https://image-net.org '
+        f'(ILSVRC 2012), pass their folder as --manual_dir and the output folder as '
+        f'--data_dir. For a small made-up set: python -m alexnet_jax.demo_data '
+        f'--manual_dir=DIR.')
+
+
+def prepare(cfg: DataConfig) -> list[str]:
+  """Builds the TFDS dataset if it is not there yet; returns the files it skipped.
+
+  imagenet2012 is built offline from manual_dir's tars (checked first, before any long
+  work); other datasets are downloaded by TFDS.
+  """
+  if is_prepared(tfds_builder(cfg)):
+    return []
+  if cfg.dataset != IMAGENET:
+    tfds_builder(cfg).download_and_prepare()
+    return []
+  check_manual_dir(cfg)
+  builder = _imagenet_builder_cls()(data_dir=cfg.data_dir)
+  start = time.time()
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=cfg.manual_dir))
+  logging.info('Prepared %s in %s in %.0f s; skipped %d undecodable images%s',
+               IMAGENET, builder.data_dir, time.time() - start, len(builder.skipped),
+               (': ' + ', '.join(builder.skipped)) if builder.skipped else '.')
+  return list(builder.skipped)
+
+
+def prepared_builder(cfg: DataConfig):
+  builder = tfds_builder(cfg)
+  if not is_prepared(builder):
+    raise MissingDataError(f'{cfg.dataset} is not prepared in {builder.data_dir}: call '
+                           'input_pipeline.prepare(cfg) first (train does it).')
+  return builder
+
+
+def label_keys(builder) -> tuple[str, str]:
+  """(image key, label key) of an image-classification dataset."""
+  keys = builder.info.supervised_keys
+  if isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys):
+    return keys
+  return 'image', 'label'
+
+
+def dataset_info(cfg: DataConfig) -> tuple[int, int, int, list[str]]:
+  """(num_classes, num_train_examples, num_eval_examples, class_names) of the splits."""
+  builder = prepared_builder(cfg)
+  label = builder.info.features[label_keys(builder)[1]]
+  splits = builder.info.splits
+  return (label.num_classes, splits[cfg.train_split].num_examples,
+          splits[cfg.eval_split].num_examples, list(label.names))
+
+
+def is_jpeg(builder) -> bool:
+  """Whether the dataset stores its images as JPEG (they can be decoded a window at a time)."""
+  return getattr(builder.info.features[label_keys(builder)[0]], 'encoding_format', None) == 'jpeg'
