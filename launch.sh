@@ -114,7 +114,8 @@ cmd_local() {
   local port pids=() i
   port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')"
   # A SIGTERM to this script reaches every process: they save one checkpoint together.
-  trap 'kill -TERM ${pids[@]+"${pids[@]}"} 2>/dev/null || true' TERM
+  # Background jobs of a script ignore Ctrl-C: pass both SIGINT and SIGTERM on as SIGTERM.
+  trap 'kill -TERM ${pids[@]+"${pids[@]}"} 2>/dev/null || true' INT TERM
   for (( i = 0; i < processes; i++ )); do
     JAX_PLATFORMS=cpu "$python" -m alexnet_jax.main --flagfile="$flagfile" ${args[@]+"${args[@]}"} \
       --coordinator_address="localhost:$port" --num_processes="$processes" --process_id="$i" &

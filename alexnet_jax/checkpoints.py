@@ -57,20 +57,24 @@ class Checkpoints:
     self.workdir = workdir
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self.model_config = model_config
+    self.read_only = read_only
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(keep),
         checkpoint_managers.BestN(get_metric_fn=lambda metrics: metrics['top1'], n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
     if read_only and not os.path.isdir(self.directory):
-      raise NoCheckpointError(
-          f'no checkpoints in {self.directory}: train first (--mode=train '
-          f'--workdir={workdir}) or point --workdir at a training run.')
+      raise self.none_error()
     options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
                                            cleanup_tmp_directories=not read_only,
                                            preservation_policy=policy)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=('state', 'config'))
+
+  def none_error(self) -> NoCheckpointError:
+    return NoCheckpointError(
+        f'no checkpoints in {self.directory}: train first (--mode=train '
+        f'--workdir={self.workdir}) or point --workdir at a training run.')
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -99,7 +103,8 @@ class Checkpoints:
 
     abstract_state's leaves are jax.ShapeDtypeStructs with the shardings wanted now,
     so a checkpoint written on one mesh restores onto any other. Returns None when the
-    workdir has no checkpoint (and `step` is None).
+    workdir has no checkpoint (and `step` is None). An unreadable checkpoint is skipped
+    (and, unless read-only, moved to WORKDIR/corrupt/); NoCheckpointError if none is left.
     """
     candidates = [step] if step is not None else list(reversed(self.steps()))
     if step is not None and step not in self.manager.all_steps():
@@ -109,28 +114,36 @@ class Checkpoints:
       try:
         saved = self.saved_config(candidate)
       except Exception as error:  # pylint: disable=broad-except
-        self._set_aside(candidate, error)
+        self._skip(candidate, error)
         continue
       check_compatible(saved, self.model_config, self.directory)
       try:
         restored = self.manager.restore(candidate, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state)))
       except Exception as error:  # pylint: disable=broad-except
-        self._set_aside(candidate, error)
+        self._skip(candidate, error)
         continue
       logging.info('Restored step %d from %s', candidate, self.directory)
       return restored['state']
-    if step is not None:
-      raise NoCheckpointError(f'checkpoint {step} in {self.directory} could not be read.')
+    if candidates:
+      raise NoCheckpointError(
+          f'no checkpoint in {self.directory} could be read (steps {candidates}; see the '
+          'warnings above). Move them away to start afresh, or use another --workdir.')
     return None
 
-  def _set_aside(self, step: int, error: Exception) -> None:
-    """Moves an unreadable checkpoint out of the way, keeping its files."""
+  def _skip(self, step: int, error: Exception) -> None:
+    """Leaves an unreadable checkpoint behind: moved to WORKDIR/corrupt/ unless read-only."""
+    logging.warning('Checkpoint %d in %s cannot be read (%s: %s); trying an older one.',
+                    step, self.directory, type(error).__name__,
+                    str(error).splitlines()[0][:200] if str(error) else '')
+    if not self.read_only:
+      self._set_aside(step)
+
+  def _set_aside(self, step: int) -> None:
+    """Moves a checkpoint out of the way, keeping its files (a later save may reuse its step)."""
     corrupt = os.path.join(os.path.abspath(self.workdir), 'corrupt')
     target = os.path.join(corrupt, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-    logging.warning('Checkpoint %d in %s cannot be read (%s: %s); moved to %s, using an older '
-                    'one.', step, self.directory, type(error).__name__,
-                    str(error).splitlines()[0][:200] if str(error) else '', target)
+    logging.warning('Moved checkpoint %d to %s.', step, target)
     if jax.process_index() == 0:
       os.makedirs(corrupt, exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), target)

@@ -134,9 +134,12 @@ def mesh_shape(num_devices: int, towers: int) -> parallel.MeshShape:
   shape = (parallel.parse_mesh(MESH.value) if MESH.value
            else parallel.default_mesh_shape(num_devices, towers))
   parallel.check_mesh_shape(shape, num_devices, towers)
-  if BATCH_SIZE.value < 1 or BATCH_SIZE.value % shape.data:
-    raise ValueError(f'--batch_size={BATCH_SIZE.value} must be a positive multiple of the '
-                     f'data axis ({shape.data}) so every data shard gets the same batch.')
+  for flag in (BATCH_SIZE, EVAL_BATCH_SIZE):
+    if flag.value and (flag.value < 1 or flag.value % shape.data):
+      raise ValueError(f'--{flag.name}={flag.value} must be a positive multiple of the data '
+                       f'axis ({shape.data}) so every data shard gets the same batch.')
+  if not BATCH_SIZE.value:
+    raise ValueError('--batch_size must be positive.')
   return shape
 
 
@@ -182,4 +185,9 @@ def train_config() -> train.TrainConfig:
   for name in ('checkpoint_every_steps', 'log_every_steps', 'keep_checkpoints'):
     if getattr(config, name) < 1:
       raise ValueError(f'--{name} must be at least 1, got {getattr(config, name)}.')
+  for name in ('num_train_steps', 'eval_every_steps', 'eval_batch_size', 'profile_steps'):
+    if getattr(config, name) < 0:
+      raise ValueError(f'--{name} must be >= 0 (0: the default), got {getattr(config, name)}.')
+  if config.num_epochs <= 0 and not config.num_train_steps:
+    raise ValueError(f'--num_epochs must be positive, got {config.num_epochs}.')
   return config

@@ -231,19 +231,23 @@ def write_demo_imagenet(manual_dir: str, images_per_class: int = 100, seed: int 
     files[synset].append((name, whole[:len(whole) // 3]))
     odd['corrupt'] = name
 
+  # Each tar is written under a temporary name and renamed when complete, val last, so an
+  # interrupted run leaves no tar that looks finished.
   train_path = os.path.join(manual_dir, TRAIN_TAR)
-  with tarfile.open(train_path, 'w') as outer:
+  with tarfile.open(train_path + '.tmp', 'w') as outer:
     for synset, members in files.items():
       buffer = io.BytesIO()
       with tarfile.open(fileobj=buffer, mode='w') as inner:
         for name, data in members:
           _add_file(inner, name, data)
       _add_file(outer, f'{synset}.tar', buffer.getvalue())
+  os.replace(train_path + '.tmp', train_path)
 
   val_path = os.path.join(manual_dir, VAL_TAR)
-  with tarfile.open(val_path, 'w') as tar:
+  with tarfile.open(val_path + '.tmp', 'w') as tar:
     for i in range(1, val_images + 1):
       _add_file(tar, VAL_FILE % i, _encode(random_image(int(rng.integers(len(CLASSES))))))
+  os.replace(val_path + '.tmp', val_path)
 
   num_files = sum(len(m) for m in files.values())
   return DemoSummary(train_path, val_path, num_files,

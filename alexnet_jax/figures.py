@@ -114,8 +114,8 @@ def curve_data(workdir: str) -> dict[str, np.ndarray]:
   """What learning_curves plots for one run, each step once (a resumed run's last line wins).
 
   Keys: epoch, loss, learning_rate (training log lines); eval_epoch, top1_error,
-  top5_error (evaluations, in %); drops (epochs where the learning rate fell below half
-  of the previous line's).
+  top5_error (evaluations, in %); drops (epochs where the learning rate fell to a fifth
+  or less of the previous line's: the paper's divisions by 10, not a smooth decay).
   """
   records = metrics_lib.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
   train = [r for r in records if 'loss' in r]
@@ -127,7 +127,7 @@ def curve_data(workdir: str) -> dict[str, np.ndarray]:
           'eval_epoch': column(evals, 'epoch'),
           'top1_error': 100 * (1 - column(evals, 'top1')),
           'top5_error': 100 * (1 - column(evals, 'top5')),
-          'drops': epochs[1:][rates[1:] < 0.5 * rates[:-1]]}
+          'drops': epochs[1:][rates[1:] < 0.2 * rates[:-1]]}
 
 
 def learning_curves(workdirs: Sequence[str], path: str,

@@ -31,20 +31,20 @@ from typing import Iterable, Iterator, Sequence
 from absl import logging
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax import augment
 from alexnet_jax import data_config as data_config_lib
 from alexnet_jax import demo_data
+from alexnet_jax import parallel
 from alexnet_jax import preprocess
 from alexnet_jax import tfds_data
 
 DataConfig = data_config_lib.DataConfig
 AUTOTUNE = tf.data.AUTOTUNE
 # Re-exported for callers that only import the pipeline.
-MissingDataError = tfds_data.MissingDataError
+check_sources = tfds_data.check_sources
 prepare = tfds_data.prepare
 dataset_info = tfds_data.dataset_info
 
@@ -223,7 +223,7 @@ def _check_batch(global_batch_size: int, mesh) -> tuple[int, int, int]:
 
 def _to_global(batches: Iterable[dict], mesh, count: int) -> Iterator[dict]:
   """Host numpy batches -> global jax.Arrays split over 'data' (transfers start now)."""
-  sharding = NamedSharding(mesh, P('data'))
+  sharding = parallel.batch_sharding(mesh)
   for batch in batches:
     yield {key: jax.make_array_from_process_local_data(
                sharding, value, (value.shape[0] * count,) + value.shape[1:])

@@ -39,8 +39,6 @@ def _validated():
     raise ValueError(f'--mode={mode} needs --workdir (where checkpoints and metrics live).')
   if mode == 'predict' and not flags_lib.IMAGE.value:
     raise ValueError('--mode=predict needs --image=FILE[,FILE...].')
-  if data_config and data_config.image_size != model_config.image_size:
-    raise ValueError('the data and the model disagree on the image size.')
   if flags_lib.DEMO_DATA.value and not flags_lib.MANUAL_DIR.value:
     raise ValueError('--demo_data writes the demo tars into --manual_dir: set --manual_dir.')
   if flags_lib.CPU_DEVICES.value:
@@ -53,7 +51,8 @@ def _validated():
 def _write_demo_data() -> None:
   from alexnet_jax import demo_data  # pylint: disable=import-outside-toplevel
   manual_dir = flags_lib.MANUAL_DIR.value
-  if not os.path.exists(os.path.join(manual_dir, demo_data.TRAIN_TAR)):
+  if not all(os.path.exists(os.path.join(manual_dir, name))
+             for name in (demo_data.TRAIN_TAR, demo_data.VAL_TAR)):
     logging.info('Writing the demo ImageNet tars into %s', manual_dir)
     demo_data.write_demo_imagenet(manual_dir)
 
@@ -86,6 +85,8 @@ def run(mode, model_config, data_config, opt_config, train_config, mesh) -> None
   if flags_lib.DEMO_DATA.value:
     distributed.in_turn('demo_data', _write_demo_data)
   if mode == 'train':
+    # Every process checks for the tars first, so a missing one stops all of them at once.
+    input_pipeline.check_sources(data_config)
     distributed.in_turn('prepare', lambda: input_pipeline.prepare(data_config))
     train.train_and_evaluate(model_config, data_config, opt_config, train_config, mesh, workdir)
     return
@@ -93,9 +94,9 @@ def run(mode, model_config, data_config, opt_config, train_config, mesh) -> None
                                       flags_lib.CHECKPOINT_STEP.value)
   normalizer = input_pipeline.normalizer_for(data_config, workdir)
   if mode == 'eval':
-    batch = train_config.eval_batch_size or train_config.batch_size
     eval_step = evaluate.make_eval_step(model_config, mesh, normalizer)
-    result = evaluate.evaluate_split(eval_step, params, data_config, batch, mesh)
+    result = evaluate.evaluate_split(eval_step, params, data_config, train_config.eval_batch,
+                                     mesh)
     if jax.process_index() == 0:
       path = evaluate.write_result(workdir, data_config.eval_split, step, result)
       print(f'{data_config.eval_split} at step {step}: {evaluate.result_summary(result)}')

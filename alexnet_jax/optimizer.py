@@ -40,6 +40,11 @@ class OptimizerConfig:
       raise ValueError(f'--learning_rate must be positive, got {self.learning_rate}.')
     if not 0 <= self.momentum < 1:
       raise ValueError(f'--momentum must be in [0, 1), got {self.momentum}.')
+    for name in ('weight_decay', 'warmup_steps', 'max_drops'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}.')
+    if self.plateau_patience < 1:
+      raise ValueError(f'--plateau_patience must be at least 1, got {self.plateau_patience}.')
     if self.schedule == 'step' and self.step_every < 1:
       raise ValueError('--schedule=step needs --lr_step_every (steps between drops).')
 

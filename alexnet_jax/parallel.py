@@ -152,7 +152,7 @@ def sharded_forward(config: model_lib.ModelConfig, mesh, features: str | None = 
   params carry the shardings of `param_shardings`, images `batch_sharding`; the logits
   come back split over 'data'. Take gradients of a loss of these logits from outside:
   the transpose of the shard_map sums the parameter gradients over 'data'.
-  With `features='fc7'` (any layer name) it returns (logits, activations) where the
+  With `features='fc7'` (any of conv1..fc7) it returns (logits, activations) where the
   activations of all towers are concatenated on the last axis (split over 'tower').
   """
   tower_devices = mesh.shape[TOWER]

@@ -7,6 +7,7 @@ import os
 from typing import Sequence
 
 import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from alexnet_jax import evaluate as evaluate_lib
@@ -35,9 +36,12 @@ def top5(model_config, mesh, params, crops: np.ndarray,
   data = mesh.shape[parallel.DATA]
   count = crops.shape[0]
   padded = np.concatenate([crops, np.zeros((-count % data,) + crops.shape[1:], crops.dtype)])
-  images = jax.device_put(padded, parallel.batch_sharding(mesh))
+  # Every process holds all the images; each places the rows its devices need.
+  images = jax.make_array_from_callback(padded.shape, parallel.batch_sharding(mesh),
+                                        lambda index: padded[index])
 
-  @jax.jit
+  # Replicated results: every process can read them, also when 'data' spans processes.
+  @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
   def run(params, images):
     probs = evaluate_lib.crop_probabilities(forward, params, images, normalizer)
     return jax.lax.top_k(probs, min(5, probs.shape[-1]))

@@ -1,4 +1,4 @@
-"""--mode=summary: the layer table, right, and the communication of the compiled step.
+"""--mode=summary: the layer table and the communication of the compiled training step.
 
 The table is computed from the same `layer_specs` the model is built from. The
 communication is not asserted by hand: it is read from the HLO that XLA compiles for

@@ -6,7 +6,8 @@ from typing import Iterator
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+
+from alexnet_jax import parallel
 
 
 def synthetic_batches(global_batch: int, image_size: int, num_classes: int, mesh,
@@ -21,7 +22,7 @@ def synthetic_batches(global_batch: int, image_size: int, num_classes: int, mesh
   if global_batch % data:
     raise ValueError(f'global batch {global_batch} must be divisible by the mesh\'s '
                      f'data axis ({data}).')
-  sharding = NamedSharding(mesh, P('data'))
+  sharding = parallel.batch_sharding(mesh)
 
   def make(key):
     image_key, label_key = jax.random.split(key)

@@ -119,18 +119,24 @@ def check_manual_dir(cfg: DataConfig) -> None:
         f'--manual_dir=DIR.')
 
 
+def check_sources(cfg: DataConfig) -> None:
+  """MissingDataError, before any long work, if the dataset can be neither read nor made."""
+  if cfg.dataset == IMAGENET and not is_prepared(tfds_builder(cfg)):
+    check_manual_dir(cfg)
+
+
 def prepare(cfg: DataConfig) -> list[str]:
   """Builds the TFDS dataset if it is not there yet; returns the files it skipped.
 
   imagenet2012 is built offline from manual_dir's tars (checked first, before any long
   work); other datasets are downloaded by TFDS.
   """
+  check_sources(cfg)
   if is_prepared(tfds_builder(cfg)):
     return []
   if cfg.dataset != IMAGENET:
     tfds_builder(cfg).download_and_prepare()
     return []
-  check_manual_dir(cfg)
   builder = _imagenet_builder_cls()(data_dir=cfg.data_dir)
   start = time.time()
   builder.download_and_prepare(

@@ -8,6 +8,7 @@ N * batch, so the step number alone says where a resumed run continues.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any
@@ -49,6 +50,10 @@ class TrainConfig:
   eval_batch_size: int = 0              # 0: batch_size
   profile_steps: int = 0                # trace this many steps (after 5 warm-up steps)
   seed: int = 0
+
+  @property
+  def eval_batch(self) -> int:
+    return self.eval_batch_size or self.batch_size
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -157,7 +162,8 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
                        mesh, workdir: str) -> dict | None:
   """Trains (resuming from the newest checkpoint in workdir) and evaluates.
 
-  Returns the last evaluation result, or None if stopped by SIGTERM before the end.
+  Returns the last evaluation result; None if stopped by SIGTERM, or if the checkpoint
+  it resumed from was already the last step.
   """
   from alexnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
   num_classes, num_train, _, _ = input_pipeline.dataset_info(data_config)
@@ -168,86 +174,90 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
   steps_per_epoch = max(1, num_train // batch)
   total = train_config.num_train_steps or max(1, round(train_config.num_epochs * steps_per_epoch))
   eval_every = train_config.eval_every_steps or steps_per_epoch
-  eval_batch = train_config.eval_batch_size or batch
+  # Process 0 computes a missing pixel mean image; the others then read its file.
+  distributed.in_turn('mean', lambda: input_pipeline.normalizer_for(data_config, workdir))
   normalizer = input_pipeline.normalizer_for(data_config, workdir)
-
   trainer = Trainer(model_config, opt_config, mesh, batch_size=batch, total_steps=total,
                     normalizer=normalizer, pca_std=data_config.pca_std,
                     seed=train_config.seed)
   eval_step = evaluate_lib.make_eval_step(model_config, mesh, normalizer)
-  checkpoints = checkpoints_lib.Checkpoints(workdir, dataclasses.asdict(model_config),
-                                            keep=train_config.keep_checkpoints)
-  writer = metrics_lib.MetricsWriter(workdir)
-  state = checkpoints.restore(trainer.abstract_state())
-  if state is None:
-    state = trainer.init_state(jax.random.key(train_config.seed))
-  first = int(state.step)
-  logging.info('Training steps %d..%d of %d (%d per epoch), batch %d, on mesh %s.',
-               first, total, total, steps_per_epoch, batch, dict(mesh.shape))
-  batches = input_pipeline.train_batches(data_config, batch, mesh, start_step=first)
-  progress = metrics_lib.Progress(total, batch, first)
 
-  def run_eval(state, step):
-    result = evaluate_lib.evaluate_split(eval_step, state.params, data_config, eval_batch, mesh)
-    if jax.process_index() == 0:
-      evaluate_lib.write_result(workdir, data_config.eval_split, step, result)
-      logging.info('eval at step %d: %s', step, evaluate_lib.result_summary(result))
-    writer.write(step, top1=result['top1'], top5=result['top5'], eval_loss=result['loss'],
-                 epoch=step / steps_per_epoch, crops=data_config.eval_crops)
-    return result
+  with contextlib.ExitStack() as cleanup:
+    checkpoints = checkpoints_lib.Checkpoints(workdir, dataclasses.asdict(model_config),
+                                              keep=train_config.keep_checkpoints)
+    cleanup.callback(checkpoints.close)
+    writer = metrics_lib.MetricsWriter(workdir)
+    cleanup.callback(writer.close)
+    state = checkpoints.restore(trainer.abstract_state())
+    if state is None:
+      state = trainer.init_state(jax.random.key(train_config.seed))
+    first = int(state.step)
+    logging.info('Training steps %d..%d (%d per epoch), batch %d, on mesh %s.',
+                 first, total, steps_per_epoch, batch, dict(mesh.shape))
+    batches = input_pipeline.train_batches(data_config, batch, mesh, start_step=first)
+    progress = metrics_lib.Progress(total, batch, first)
+    profiler = _Profiler(f'{workdir}/profile', first + 5, train_config.profile_steps)
+    cleanup.callback(profiler.stop)
+    preemption = cleanup.enter_context(distributed.Preemption())
+    cleanup.enter_context(jax.set_mesh(mesh))
+    result, pending, losses = None, None, []
 
-  profiler = _Profiler(f'{workdir}/profile', first + 5, train_config.profile_steps)
-  result, pending, losses = None, None, []
+    def flush():
+      """Checks the loss of the last dispatched step (this waits for that step)."""
+      nonlocal pending
+      if pending is not None:
+        losses.append(_checked_loss(*pending, checkpoints))
+        pending = None
 
-  def flush():
-    """Checks the loss of the last dispatched step (this waits for that step)."""
-    nonlocal pending
-    if pending is not None:
-      losses.append(_checked_loss(*pending, checkpoints))
-      pending = None
+    def save(step, metrics=None):
+      flush()  # never save a state after a non-finite loss, or non-finite parameters
+      if not bool(_all_finite(state.params)):
+        _check_finite(math.nan, step, checkpoints, 'parameters')
+      checkpoints.save(step, state, metrics)
 
-  try:
-    with distributed.Preemption() as preemption, jax.set_mesh(mesh):
-      for step in range(first, total):
-        if preemption.reached(step):  # on every process at the same step
-          checkpoints.save(step, state)
-          checkpoints.wait()
-          logging.warning('Stopped at step %d after SIGTERM; checkpoint saved.', step)
-          return None
-        profiler.at_step(step)
-        with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          state, metrics = trainer.step(state, next(batches))
-        flush()  # the previous step's loss, read while this step runs
-        pending = (step, metrics)
-        done = step + 1
-        reporting = done % train_config.log_every_steps == 0 or done == total
-        evaluating = done % eval_every == 0 or done == total
-        saving = evaluating or done % train_config.checkpoint_every_steps == 0
-        if reporting or evaluating or saving:
-          flush()  # never report, evaluate or save a state after a non-finite loss
-        if reporting:
-          learning_rate = float(metrics['learning_rate'])
-          line, rate = progress.line(done, float(np.mean(losses)), learning_rate)
-          if jax.process_index() == 0:
-            logging.info(line)
-          writer.write(done, loss=float(np.mean(losses)), learning_rate=learning_rate,
-                       images_per_second=rate, epoch=done / steps_per_epoch)
-          losses = []
-        if evaluating:
-          result = run_eval(state, done)
-          state = trainer.after_eval(state, result['top1'])
-        if saving:
-          if not bool(_all_finite(state.params)):
-            _check_finite(math.nan, done, checkpoints, 'parameters')
-          checkpoints.save(done, state, {'top1': result['top1']} if evaluating else None)
-  finally:
-    profiler.stop()
-    checkpoints.close()
-    writer.close()
+    for step in range(first, total):
+      if preemption.reached(step):  # on every process at the same step
+        save(step)
+        checkpoints.wait()
+        logging.warning('Stopped at step %d after SIGTERM; checkpoint saved.', step)
+        return None
+      profiler.at_step(step)
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, metrics = trainer.step(state, next(batches))
+      flush()  # the previous step's loss, read while this step runs
+      pending = (step, metrics)
+      done = step + 1
+      if done % train_config.log_every_steps == 0 or done == total:
+        flush()
+        learning_rate = float(metrics['learning_rate'])
+        line, rate = progress.line(done, float(np.mean(losses)), learning_rate)
+        if jax.process_index() == 0:
+          logging.info(line)
+        writer.write(done, loss=float(np.mean(losses)), learning_rate=learning_rate,
+                     images_per_second=rate, epoch=done / steps_per_epoch)
+        losses = []
+      evaluating = done % eval_every == 0 or done == total
+      if evaluating:
+        flush()  # never evaluate a state after a non-finite loss
+        result = evaluate_lib.evaluate_split(eval_step, state.params, data_config,
+                                             train_config.eval_batch, mesh)
+        _record_eval(result, done, steps_per_epoch, data_config, writer, workdir)
+        state = trainer.after_eval(state, result['top1'])
+      if evaluating or done % train_config.checkpoint_every_steps == 0:
+        save(done, {'top1': result['top1']} if evaluating else None)
   if jax.process_index() == 0:
     from alexnet_jax import figures  # pylint: disable=import-outside-toplevel
     figures.learning_curves([workdir], f'{workdir}/learning_curves.png')
   return result
+
+
+def _record_eval(result, step, steps_per_epoch, data_config, writer, workdir) -> None:
+  """eval/<split>_step<N>.json, a metrics line and a log line (process 0 writes)."""
+  writer.write(step, top1=result['top1'], top5=result['top5'], eval_loss=result['loss'],
+               epoch=step / steps_per_epoch, crops=data_config.eval_crops)
+  if jax.process_index() == 0:
+    evaluate_lib.write_result(workdir, data_config.eval_split, step, result)
+    logging.info('eval at step %d: %s', step, evaluate_lib.result_summary(result))
 
 
 def restore_params(model_config, opt_config, mesh, workdir: str, step: int | None = None):
@@ -260,9 +270,7 @@ def restore_params(model_config, opt_config, mesh, workdir: str, step: int | Non
                       seed=0)
     state = checkpoints.restore(trainer.abstract_state(), step)
     if state is None:
-      raise checkpoints_lib.NoCheckpointError(
-          f'no readable checkpoint in {checkpoints.directory}: train first (--mode=train '
-          f'--workdir={workdir}) or point --workdir at a training run.')
+      raise checkpoints.none_error()
     return int(state.step), state.params
   finally:
     checkpoints.close()

@@ -8,7 +8,7 @@ Figures of one checkpoint, into WORKDIR/figures/ (or --figures_dir):
   learning_curves.png   loss, top-1/top-5 error and learning rate from metrics.jsonl.
   summary.json          the step, the colour statistics and the neighbours found.
 
-  python -m alexnet_jax.visualize --flagfile=experiments/visualize.flags [--workdir=W]
+  python -m alexnet_jax.main --mode=visualize --flagfile=experiments/visualize.flags
 
 The results table (docs/RESULTS.md): the paper's numbers beside each run's newest
 eval/<split>_step<N>.json, and its Figure 3/4 statistics where summary.json exists.
@@ -409,9 +409,12 @@ def write_results_table(runs: Sequence[str], path: str, command: str = '',
 
 
 def run_from_flags(model_config, data_config, opt_config, train_config, mesh) -> dict:
-  """run() as the flags say (--workdir, --queries, ...); prints what it measured."""
+  """--mode=visualize: run() as the flags say (--workdir, --queries, ...); prints it."""
+  if RESULTS.value:
+    raise ValueError('--results writes the results table: python -m alexnet_jax.visualize '
+                     '--results --runs=[EXPERIMENT=]WORKDIR,...')
   summary = run(model_config, data_config, opt_config, mesh, flags_lib.WORKDIR.value,
-                batch_size=train_config.eval_batch_size or train_config.batch_size,
+                batch_size=train_config.eval_batch,
                 queries=QUERIES.value, neighbours=NEIGHBOURS.value,
                 max_train_images=MAX_TRAIN_IMAGES.value, step=flags_lib.CHECKPOINT_STEP.value,
                 out_dir=FIGURES_DIR.value, seed=train_config.seed)
@@ -420,28 +423,20 @@ def run_from_flags(model_config, data_config, opt_config, train_config, mesh) ->
 
 
 def main(argv):
+  """python -m alexnet_jax.visualize --results --runs=...: the results table (and curves)."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not RESULTS.value or not RUNS.value:
+    raise app.UsageError('this entry writes the results table: --results '
+                         '--runs=[EXPERIMENT=]WORKDIR,... (figures: python -m '
+                         'alexnet_jax.main --mode=visualize --flagfile=...)')
   try:
-    if RESULTS.value:
-      if not RUNS.value:
-        raise ValueError('--results needs --runs=[EXPERIMENT=]WORKDIR,...')
-      command = 'python -m alexnet_jax.visualize --results --runs=' + ','.join(RUNS.value)
-      path = write_results_table(RUNS.value, RESULTS_PATH.value, command, RESULTS_NOTE.value)
-      print(f'Wrote {path}')
-      if CURVES_PATH.value:
-        from alexnet_jax import figures  # pylint: disable=import-outside-toplevel
-        names, workdirs = zip(*named_runs(RUNS.value, experiments()))
-        print(f'Wrote {figures.learning_curves(workdirs, CURVES_PATH.value, names)}')
-      return
-    if not flags_lib.WORKDIR.value:
-      raise ValueError('visualize needs --workdir (a training run) or --results.')
-    if flags_lib.CPU_DEVICES.value:
-      jax.config.update('jax_num_cpu_devices', flags_lib.CPU_DEVICES.value)
-    model_config = flags_lib.model_config()
-    mesh = parallel.make_mesh(flags_lib.mesh_shape(jax.device_count(), model_config.towers))
-    run_from_flags(model_config, flags_lib.data_config(), flags_lib.optimizer_config(),
-                   flags_lib.train_config(), mesh)
+    command = 'python -m alexnet_jax.visualize --results --runs=' + ','.join(RUNS.value)
+    print(f'Wrote {write_results_table(RUNS.value, RESULTS_PATH.value, command, RESULTS_NOTE.value)}')
+    if CURVES_PATH.value:
+      from alexnet_jax import figures  # pylint: disable=import-outside-toplevel
+      names, workdirs = zip(*named_runs(RUNS.value, experiments()))
+      print(f'Wrote {figures.learning_curves(workdirs, CURVES_PATH.value, names)}')
   except (ValueError, FileNotFoundError) as error:
     print(f'alexnet_jax: error: {error}', file=sys.stderr)
     sys.exit(1)

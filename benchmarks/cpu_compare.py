@@ -99,6 +99,23 @@ def _start(name: str, argv: list[str]) -> subprocess.Popen:
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
 
 
+def _busy_cpu_seconds() -> float:
+  """CPU-seconds every process on the machine has spent busy since boot (/proc/stat)."""
+  with open('/proc/stat') as f:
+    fields = [int(v) for v in f.readline().split()[1:]]
+  return (sum(fields) - fields[3] - fields[4]) / os.sysconf('SC_CLK_TCK')  # less idle, iowait
+
+
+def _wait_until_quiet(threshold: float, max_wait: float) -> None:
+  """Waits (at most max_wait s) until the CPUs are less busy than `threshold` for 1 s."""
+  deadline = time.monotonic() + max_wait
+  while time.monotonic() < deadline:
+    before = _busy_cpu_seconds()
+    time.sleep(1)
+    if (_busy_cpu_seconds() - before) / os.cpu_count() <= threshold:
+      return
+
+
 def _read(process: subprocess.Popen, name: str) -> str:
   line = process.stdout.readline()
   if not line:
@@ -118,6 +135,10 @@ def main() -> None:
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--steps', type=int, default=3, help='steps per timed window')
   parser.add_argument('--rounds', type=int, default=5, help='timed windows per variant')
+  parser.add_argument('--quiet', type=float, default=0.0,
+                      help='before each window, wait until the CPUs are less busy than this '
+                           'fraction (0.1: idle), at most --max_wait seconds; 0: never')
+  parser.add_argument('--max_wait', type=float, default=120)
   parser.add_argument('--output', help='write the results here as JSON')
   parser.add_argument('--worker', help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -136,15 +157,20 @@ def main() -> None:
     for name in names:  # one at a time: compilation is not timed, but it loads the CPU
       workers[name] = _start(name, model_args)
       compile_seconds[name] = float(_read(workers[name], name).split()[1])
-    seconds = {name: [] for name in names}
-    cpu_seconds = {name: [] for name in names}
+    seconds, cpu_seconds, others = ({name: [] for name in names} for _ in range(3))
     for round_ in range(args.rounds):
       for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+        if args.quiet:
+          _wait_until_quiet(args.quiet, args.max_wait)
+        busy = _busy_cpu_seconds()
         workers[name].stdin.write(f'{args.steps}\n')
         workers[name].stdin.flush()
         wall, cpu = map(float, _read(workers[name], name).split())
         seconds[name].append(wall)
         cpu_seconds[name].append(cpu)
+        # The share of the machine that other jobs used during this window.
+        others[name].append(max(0.0, (_busy_cpu_seconds() - busy - cpu) /
+                                (wall * os.cpu_count())))
   finally:
     for process in workers.values():
       process.stdin.close()
@@ -162,10 +188,12 @@ def main() -> None:
   for name in names:
     print(f'  {name:<28} {medians[name]:8.1f} img/s  (windows {min(rates[name]):.1f}..'
           f'{max(rates[name]):.1f})  x{medians[name] / medians[base]:.2f} vs {base};  '
-          f'{1000 * cpu_per_image[name]:.1f} CPU-ms/image')
+          f'{1000 * cpu_per_image[name]:.1f} CPU-ms/image; other jobs used '
+          f'{statistics.median(others[name]):.0%} of the CPUs (median window)')
   if args.output:
     with open(args.output, 'w') as f:
       json.dump({'args': vars(args), 'load_before': load_before, 'load_after': load_after,
+                 'others_cpu_share': others,
                  'compile_seconds': compile_seconds, 'images_per_second': rates,
                  'median': medians, 'window_cpu_seconds': cpu_seconds,
                  'cpu_seconds_per_image': cpu_per_image,

@@ -41,6 +41,8 @@ def test_summary_reports_the_crossings_of_a_tower_mesh():
     (['--batch_size=5', '--mesh=data:2,tower:1'], 'multiple of the data axis'),
     (['--mode=fly'], 'mode'),
     (['--mesh=2x2'], 'data:D,tower:T'),
+    (['--eval_batch_size=5', '--mesh=data:2,tower:1'], 'eval_batch_size=5 must be a positive'),
+    (['--max_drops=-1'], 'max_drops must be >= 0'),
 ])
 def test_bad_flags_fail_fast_with_a_clear_message(flags, message):
   result = run_main('--mode=summary', *flags, cpu_devices=2, timeout=60)

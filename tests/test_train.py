@@ -116,7 +116,7 @@ def _copy_run(source, target):
   return target
 
 
-def test_corrupt_and_half_written_checkpoints_are_skipped(uninterrupted, tmp_path):
+def test_corrupt_and_half_written_checkpoints_are_skipped(demo, uninterrupted, tmp_path):
   workdir = _copy_run(uninterrupted[0], tmp_path / 'run')
   directory = f'{workdir}/checkpoints'
   # Truncate the largest file of the newest checkpoint; leave a half-written newer one.
@@ -126,10 +126,25 @@ def test_corrupt_and_half_written_checkpoints_are_skipped(uninterrupted, tmp_pat
   with open(largest, 'r+b') as f:
     f.truncate(os.path.getsize(largest) // 3)
   os.makedirs(f'{directory}/{newest + 10}/state')
+  # Reading (eval, predict) skips them and touches nothing.
   step, _ = train.restore_params(training.MODEL, training.OPTIMIZER, meshes.mesh(1, 1),
                                  str(workdir))
-  assert step < newest
-  assert os.listdir(f'{workdir}/corrupt')  # set aside, not deleted
+  assert step < newest and not os.path.exists(f'{workdir}/corrupt')
+  # Training resumes from the newest complete one and moves the broken ones aside.
+  training.run(demo, workdir, num_train_steps=newest + 1)
+  assert len(os.listdir(f'{workdir}/corrupt')) == 2  # set aside, not deleted
+  assert f'{step + 1}' in open(f'{workdir}/metrics.jsonl').read()
+
+
+def test_a_workdir_whose_checkpoints_are_all_unreadable_is_an_error(uninterrupted, tmp_path):
+  workdir = _copy_run(uninterrupted[0], tmp_path / 'run')
+  for step in os.listdir(f'{workdir}/checkpoints'):
+    if step.isdigit():
+      for path in glob.glob(f'{workdir}/checkpoints/{step}/**', recursive=True):
+        if os.path.isfile(path):
+          open(path, 'w').close()  # every file emptied
+  with pytest.raises(checkpoints.NoCheckpointError, match='could be read'):
+    train.restore_params(training.MODEL, training.OPTIMIZER, meshes.mesh(1, 1), str(workdir))
 
 
 def test_checkpoint_of_another_configuration_is_refused(uninterrupted):
