@@ -7,7 +7,8 @@ estimate are reported apart from the timing), run for warm-up steps, then for `r
 timed windows of `steps` steps each, dispatched back to back with no host sync until
 the window's end; the median and spread of images/s over the windows are reported.
 With --profile_steps=N, N more steps run under the JAX profiler afterwards (never inside
-a timed window) and the device time of the compiled step is broken down by XLA op.
+a timed window) and the device time of the compiled step is broken down by XLA op (on
+the CPU, with the process's CPU time beside it: see StepTimer.profile).
 
 FLOP convention: a trained image costs 3 x the forward multiply-adds x 2 FLOPs
 (forward + backward as 2 x forward): 4.35 GFLOP for the paper's net. MFU divides the
@@ -63,7 +64,8 @@ class BenchmarkResult:
   flops_per_image: float
   flop_convention: str
   mfu: float | None                 # None when the device's peak is unknown
-  peak_memory_bytes: int | None     # the runtime's peak on device 0 (None on the CPU)
+  peak_memory_bytes: int | None     # the runtime's peak on this process's first device
+                                    # of the mesh (None on the CPU)
   compiled_memory_bytes: int        # XLA's peak estimate for one device's program
   batch_size: int
   mesh: dict
@@ -128,11 +130,21 @@ class StepTimer:
     return time.perf_counter() - start
 
   def profile(self, steps: int, directory: str) -> dict:
-    """Runs `steps` steps under the profiler; the device time of each XLA op."""
+    """Runs `steps` steps under the profiler; the device time of each XLA op.
+
+    On the CPU it also gives the process's CPU time per step: XLA's Eigen convolutions
+    run asynchronously and leave no trace event of their length, so on the CPU the
+    difference (mostly convolutions) is the part of the work the ops do not show.
+    """
+    cpu_seconds = time.process_time()
     with jax.profiler.trace(directory):
       self.time(steps)
+    cpu_seconds = time.process_time() - cpu_seconds
     traces = glob.glob(os.path.join(directory, '**', '*.xplane.pb'), recursive=True)
-    return op_breakdown(max(traces, key=os.path.getmtime), self.compiled.as_text(), steps)
+    profile = op_breakdown(max(traces, key=os.path.getmtime), self.compiled.as_text(), steps)
+    if self.mesh.devices.flat[0].platform == 'cpu':
+      profile['process_cpu_ms_per_step'] = round(1000 * cpu_seconds / steps, 3)
+    return profile
 
 
 # ----------------------------------------------------------------------------------
@@ -186,13 +198,12 @@ def _category(ops: set, targets: set) -> str:
   return 'elementwise and other fusions'
 
 
-def _source(name: str, instructions: dict) -> str:
+def _source(name: str, instructions: dict, users: dict) -> str:
   """The JAX op_name of an instruction, else of the first neighbour that has one."""
   *_, op_name, operands = instructions[name]
   if op_name:
     return op_name
-  users = (other for other, (*_, inputs) in instructions.items() if name in inputs)
-  for neighbour in (*users, *operands):
+  for neighbour in (*users.get(name, ()), *operands):
     if neighbour in instructions and instructions[neighbour][3]:
       return instructions[neighbour][3] + ' (neighbour)'
   return ''
@@ -227,10 +238,15 @@ def op_breakdown(xplane_path: str, hlo_text: str, steps: int, top: int = 15) -> 
       if event.name in instructions and not instructions[event.name][0] & set(_CONTROL_FLOW):
         per_op[event.name] += event.duration_ns
   total = sum(per_op.values()) or 1
+  users = collections.defaultdict(list)
+  for name, (*_, operands) in instructions.items():
+    for operand in operands:
+      users[operand].append(name)
+  sources = {name: _source(name, instructions, users) for name in per_op}
   by_category, by_part = collections.Counter(), collections.Counter()
   for name, nanoseconds in per_op.items():
     by_category[_category(*instructions[name][:2])] += nanoseconds
-    by_part[_part(_source(name, instructions))] += nanoseconds
+    by_part[_part(sources[name])] += nanoseconds
   ms = lambda nanoseconds: round(nanoseconds / steps / 1e6, 3)
   return {
       'ms_per_step': ms(total),
@@ -239,7 +255,7 @@ def op_breakdown(xplane_path: str, hlo_text: str, steps: int, top: int = 15) -> 
       'parts': [{'part': p, 'ms_per_step': ms(t), 'share': round(t / total, 4)}
                 for p, t in by_part.most_common()],
       'top_ops': [{'op': name, 'category': _category(*instructions[name][:2]),
-                   'shape': instructions[name][2], 'source': _source(name, instructions),
+                   'shape': instructions[name][2], 'source': sources[name],
                    'ms_per_step': ms(t), 'share': round(t / total, 4)}
                   for name, t in per_op.most_common(top)],
   }
@@ -248,6 +264,11 @@ def op_breakdown(xplane_path: str, hlo_text: str, steps: int, top: int = 15) -> 
 def format_profile(profile: dict) -> str:
   lines = [f"Device time by XLA op ({profile['ms_per_step']:.1f} ms per step, summed over "
            'devices and, on the CPU, over threads):']
+  if 'process_cpu_ms_per_step' in profile:
+    cpu = profile['process_cpu_ms_per_step']
+    lines.append(f'  (the process used {cpu:.1f} CPU-ms per step; the '
+                 f"{max(0.0, cpu - profile['ms_per_step']):.1f} ms no op shows are mostly "
+                 "XLA's asynchronous Eigen convolutions, which leave no trace of their length)")
   lines += [f"  {row['share']:6.1%} {row['ms_per_step']:9.2f} ms  {row['category']}"
             for row in profile['categories']]
   lines.append('By pass and layer (ops without a JAX source take a neighbour\'s):')
@@ -263,13 +284,18 @@ def format_profile(profile: dict) -> str:
 # Measuring and reporting.
 
 
-def _host(load_before: float) -> dict:
-  model = ''
+def cpu_model() -> str:
+  """The host CPU's model name (Linux's /proc/cpuinfo, else what platform knows)."""
   if os.path.exists('/proc/cpuinfo'):
     with open('/proc/cpuinfo') as f:
-      model = next((line.split(':', 1)[1].strip() for line in f
-                    if line.startswith('model name')), '')
-  return {'cpu': model or platform.processor(), 'cores': os.cpu_count(),
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  return platform.processor()
+
+
+def _host(load_before: float) -> dict:
+  return {'cpu': cpu_model(), 'cores': os.cpu_count(),
           'load_average_before': round(load_before, 2),
           'load_average_after': round(os.getloadavg()[0], 2),
           'xla_flags': os.environ.get('XLA_FLAGS', '')}
@@ -299,7 +325,7 @@ def measure(model_config, opt_config, mesh, batch_size: int, *, warmup: int = WA
   rates = [steps * batch_size / seconds for seconds in windows]
   rate = statistics.median(rates)
   flops = flops_per_trained_image(model_config)
-  device = jax.devices()[0]
+  device = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
   peak = peak_flops(device.device_kind, model_config.dtype, peak_tflops)
   memory = timer.compiled.memory_analysis()
   return BenchmarkResult(
@@ -308,11 +334,11 @@ def measure(model_config, opt_config, mesh, batch_size: int, *, warmup: int = WA
       step_seconds=statistics.median(windows) / steps, compile_seconds=timer.compile_seconds,
       warmup_steps=warmup, steps_per_window=steps, flops_per_image=flops,
       flop_convention=FLOP_CONVENTION,
-      mfu=(rate * flops / (peak * jax.device_count()) if peak else None),
+      mfu=(rate * flops / (peak * mesh.size) if peak else None),
       peak_memory_bytes=(device.memory_stats() or {}).get('peak_bytes_in_use'),
       compiled_memory_bytes=memory.peak_memory_in_bytes, batch_size=batch_size,
       mesh=dict(mesh.shape), model=dataclasses.asdict(model_config), dtype=model_config.dtype,
-      device=device.device_kind, platform=device.platform, devices=jax.device_count(),
+      device=device.device_kind, platform=device.platform, devices=mesh.size,
       processes=jax.process_count(), host=_host(load_before), versions=_versions(),
       profile=profile)
 
@@ -328,8 +354,9 @@ def report(result: BenchmarkResult) -> str:
       f'{result.dtype}, global batch {result.batch_size}',
       f"host: {host['cpu']}, {host['cores']} cores, load average {host['load_average_before']} "
       f"before, {host['load_average_after']} after",
-      f'images/s: {result.images_per_second:,.1f} (median of {len(result.images_per_second_windows)}'
-      f' windows of {result.steps_per_window} steps; spread {spread})',
+      f'images/s: {result.images_per_second:,.1f} (median of '
+      f'{len(result.images_per_second_windows)} windows of {result.steps_per_window} steps; '
+      f'spread {spread})',
       f'step time: {1000 * result.step_seconds:.2f} ms (compile {result.compile_seconds:.1f} s, '
       f'{result.warmup_steps} warm-up steps)',
       f'MFU: {mfu} at {result.flops_per_image / 1e9:.3f} GFLOP per trained image '

@@ -1,18 +1,21 @@
 """Side-by-side CPU timing: alexnet_jax against PyTorch, and JAX variants against each other.
 
-Every variant runs in its own worker process (so each has its own XLA_FLAGS, device
-count and threads), compiled and warmed up before any timing. Then the timed windows
-are interleaved: round r times one window of every variant, in an order rotated each
-round, so that load from other jobs on the machine falls on all variants alike. Each
-variant's median images/s over the rounds is reported with its spread and its ratio to
-the first variant, along with the load average before and after.
+Every variant runs in its own worker process (its own XLA_FLAGS, device count and
+threads), compiled and warmed up before any timing. Then the timed windows are
+interleaved: round r times one window of every variant, in an order rotated each round,
+so that load from other jobs falls on all variants alike. With --quiet, each window
+waits until the CPUs have been idle for a second; every window also records the share
+of the CPUs other jobs used during it. Per variant: the median images/s over the rounds,
+its spread, its ratio to the first variant, and the CPU-seconds per image of its process
+(the work done, which other jobs' load disturbs far less than the wall time).
 
-  python benchmarks/cpu_compare.py --image_size=99 --batch_size=64 --variants=jax,torch
-  python benchmarks/cpu_compare.py --variants=jax,jax_onednn,jax_two_devices --rounds=7
+  python benchmarks/cpu_compare.py --image_size=99 --batch_size=64 --variants=jax,torch --quiet=0.1
+  python benchmarks/cpu_compare.py --variants=jax,jax_ynn_default,jax_two_devices --profile_steps=2
 
 Variants (VARIANTS below): `torch` is benchmarks/pytorch_alexnet.py; every `jax*` one is
 the training step of `--mode=benchmark` (alexnet_jax.benchmark.StepTimer) with XLA flags,
-a CPU device count and mesh, or an alternative formulation from cpu_variants.py patched in.
+a CPU device count and mesh, other compiler options or an alternative formulation from
+cpu_variants.py patched in.
 """
 
 from __future__ import annotations
@@ -27,31 +30,42 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # alexnet_jax, when run as a script from anywhere
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
   kind: str = 'jax'                 # 'jax' or 'torch'
-  xla_flags: str = ''
+  xla_flags: str = ''               # added to XLA_FLAGS
   mesh: tuple[int, int] = (1, 1)    # (data, tower) over that many forced CPU devices
   patches: tuple[str, ...] = ()     # names in cpu_variants.PATCHES
 
 
 VARIANTS = {
-    'jax': Variant(),
+    'jax': Variant(),  # the training step as it is
     'torch': Variant(kind='torch'),
+    # Placement: the towers (or the batch halves) on two CPU devices, one per core.
+    'jax_two_devices': Variant(mesh=(1, 2)),
+    'jax_two_devices_data': Variant(mesh=(2, 1)),
+    # Which library runs what (train.CPU_COMPILER_OPTIONS replaced).
+    'jax_ynn_default': Variant(patches=('ynn_default',)),  # before: YNNPACK convolutions too
+    'jax_ynn_reduce_only': Variant(patches=('ynn_reduce_only',)),  # dots through Eigen too
+    'jax_ynn_eltwise': Variant(patches=('ynn_eltwise',)),
+    # XLA CPU flags.
     'jax_onednn': Variant(xla_flags='--xla_cpu_use_onednn=true'),
     'jax_no_xnnpack': Variant(xla_flags='--xla_cpu_use_xnnpack=false'),
     'jax_vector512': Variant(xla_flags='--xla_cpu_prefer_vector_width=512'),
-    'jax_fast_math': Variant(xla_flags='--xla_cpu_enable_fast_math=true'),
     'jax_eigen_1thread': Variant(xla_flags='--xla_cpu_multi_thread_eigen=false'),
-    'jax_two_devices': Variant(mesh=(1, 2)),
-    'jax_two_devices_data': Variant(mesh=(2, 1)),
-    'jax_lrn_shifts': Variant(patches=('lrn_shifts',)),
+    'jax_xnn_graph': Variant(xla_flags='--xla_cpu_experimental_xnn_graph_fusion_mode='
+                             'XNN_GRAPH_FUSION_MODE_GREEDY_SLINKY'),
+    'jax_fast_math': Variant(xla_flags='--xla_cpu_enable_fast_math=true'),
+    # Formulations (cpu_variants.py).
+    'jax_space_to_depth': Variant(patches=('space_to_depth',)),
     'jax_lrn_banded': Variant(patches=('lrn_banded',)),
+    'jax_lrn_shifts': Variant(patches=('lrn_shifts',)),
     'jax_pool_slices': Variant(patches=('pool_slices',)),
-    'jax_s2d': Variant(patches=('s2d',)),
-    'jax_all': Variant(patches=('s2d', 'lrn_shifts', 'pool_slices')),
+    'jax_dense_batched': Variant(patches=('dense_batched',)),
+    'jax_nchw': Variant(patches=('nchw',)),
 }
 
 
@@ -59,13 +73,15 @@ def _worker(name: str, args) -> None:
   """Builds one variant, warms it up, then times `steps` per line read from stdin."""
   variant = VARIANTS[name]
   if variant.kind == 'torch':
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import pytorch_alexnet  # pylint: disable=import-outside-toplevel
+    pytorch_alexnet.check_same_net()
     bench = pytorch_alexnet.TorchStep(_config(args), args.batch_size)
-    compile_seconds = 0.0
+    compile_seconds, version = 0.0, (f'torch {pytorch_alexnet.torch.__version__} '
+                                     f'({pytorch_alexnet.torch.get_num_threads()} threads)')
   else:
     import jax  # pylint: disable=import-outside-toplevel
-    from alexnet_jax import benchmark, optimizer, parallel  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from alexnet_jax import benchmark, optimizer, parallel
     import cpu_variants  # pylint: disable=import-outside-toplevel
     cpu_variants.apply(variant.patches)
     devices = variant.mesh[0] * variant.mesh[1]
@@ -73,13 +89,20 @@ def _worker(name: str, args) -> None:
     mesh = parallel.make_mesh(parallel.MeshShape(*variant.mesh), jax.devices()[:devices])
     bench = benchmark.StepTimer(_config(args), optimizer.OptimizerConfig(), mesh,
                                 args.batch_size)
-    compile_seconds = bench.compile_seconds
+    compile_seconds, version = bench.compile_seconds, f'jax {jax.__version__}'
   bench.time(args.warmup)
-  print(f'ready {compile_seconds:.1f}', flush=True)
+  print(f'ready {compile_seconds:.1f} {version}', flush=True)
   for line in sys.stdin:
-    cpu = time.process_time()
-    wall = bench.time(int(line))
-    print(f'{wall:.6f} {time.process_time() - cpu:.6f}', flush=True)
+    command, steps, *directory = line.split()
+    if command == 'profile':  # JAX only: the op breakdown, as JSON in the directory
+      profile = bench.profile(int(steps), directory[0])
+      with open(os.path.join(directory[0], 'breakdown.json'), 'w') as f:
+        json.dump(profile, f, indent=2)
+      print('done', flush=True)
+    else:
+      cpu = time.process_time()
+      wall = bench.time(int(steps))
+      print(f'{wall:.6f} {time.process_time() - cpu:.6f}', flush=True)
 
 
 def _config(args):
@@ -92,8 +115,7 @@ def _config(args):
 
 def _start(name: str, argv: list[str]) -> subprocess.Popen:
   variant = VARIANTS[name]
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.dirname(__file__)]),
-             TF_CPP_MIN_LOG_LEVEL='2')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   env['XLA_FLAGS'] = ' '.join(filter(None, [env.get('XLA_FLAGS', ''), variant.xla_flags]))
   return subprocess.Popen([sys.executable, os.path.abspath(__file__), f'--worker={name}', *argv],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
@@ -139,6 +161,10 @@ def main() -> None:
                       help='before each window, wait until the CPUs are less busy than this '
                            'fraction (0.1: idle), at most --max_wait seconds; 0: never')
   parser.add_argument('--max_wait', type=float, default=120)
+  parser.add_argument('--profile_steps', type=int, default=0,
+                      help='after the rounds, trace this many steps of every JAX variant '
+                           'and print where the time goes')
+  parser.add_argument('--profile_dir', default='/tmp/cpu_compare_profile')
   parser.add_argument('--output', help='write the results here as JSON')
   parser.add_argument('--worker', help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -152,25 +178,37 @@ def main() -> None:
   if unknown:
     parser.error(f'unknown variants {unknown}; known: {sorted(VARIANTS)}')
   load_before = os.getloadavg()
-  workers, compile_seconds = {}, {}
+  workers, compile_seconds, versions = {}, {}, set()
   try:
     for name in names:  # one at a time: compilation is not timed, but it loads the CPU
       workers[name] = _start(name, model_args)
-      compile_seconds[name] = float(_read(workers[name], name).split()[1])
+      _, seconds, version = _read(workers[name], name).split(maxsplit=2)
+      compile_seconds[name] = float(seconds)
+      versions.add(version)
     seconds, cpu_seconds, others = ({name: [] for name in names} for _ in range(3))
     for round_ in range(args.rounds):
       for name in names[round_ % len(names):] + names[:round_ % len(names)]:
         if args.quiet:
           _wait_until_quiet(args.quiet, args.max_wait)
         busy = _busy_cpu_seconds()
-        workers[name].stdin.write(f'{args.steps}\n')
+        workers[name].stdin.write(f'time {args.steps}\n')
         workers[name].stdin.flush()
         wall, cpu = map(float, _read(workers[name], name).split())
         seconds[name].append(wall)
         cpu_seconds[name].append(cpu)
-        # The share of the machine that other jobs used during this window.
-        others[name].append(max(0.0, (_busy_cpu_seconds() - busy - cpu) /
-                                (wall * os.cpu_count())))
+        if wall >= 0.5:  # /proc/stat counts in 10 ms ticks
+          # The share of the machine that other jobs used during this window.
+          others[name].append(max(0.0, (_busy_cpu_seconds() - busy - cpu) /
+                                  (wall * os.cpu_count())))
+    profiles = {}
+    for name in names if args.profile_steps else ():
+      if VARIANTS[name].kind == 'jax':
+        directory = os.path.join(args.profile_dir, name)
+        workers[name].stdin.write(f'profile {args.profile_steps} {directory}\n')
+        workers[name].stdin.flush()
+        _read(workers[name], name)
+        with open(os.path.join(directory, 'breakdown.json')) as f:
+          profiles[name] = json.load(f)
   finally:
     for process in workers.values():
       process.stdin.close()
@@ -182,21 +220,29 @@ def main() -> None:
   cpu_per_image = {name: statistics.median(cpu_seconds[name]) / (args.steps * args.batch_size)
                    for name in names}
   base = names[0]
+  from alexnet_jax import benchmark  # pylint: disable=import-outside-toplevel
+  host = benchmark.cpu_model()
+  print(f"{host}, {os.cpu_count()} cores; {', '.join(sorted(versions))}")
   print(f'{args.image_size}x{args.image_size}, batch {args.batch_size}, width {args.width}, '
         f'{args.towers} towers, float32; {args.rounds} interleaved windows of {args.steps} '
         f'steps; load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after')
   for name in names:
     print(f'  {name:<28} {medians[name]:8.1f} img/s  (windows {min(rates[name]):.1f}..'
           f'{max(rates[name]):.1f})  x{medians[name] / medians[base]:.2f} vs {base};  '
-          f'{1000 * cpu_per_image[name]:.1f} CPU-ms/image; other jobs used '
-          f'{statistics.median(others[name]):.0%} of the CPUs (median window)')
+          f'{1000 * cpu_per_image[name]:.1f} CPU-ms/image'
+          + (f'; other jobs used {statistics.median(others[name]):.0%} of the CPUs (median '
+             'window)' if others[name] else ''))
+  if profiles:
+    for name, profile in profiles.items():
+      print(f'\n{name}: {benchmark.format_profile(profile)}')
   if args.output:
     with open(args.output, 'w') as f:
-      json.dump({'args': vars(args), 'load_before': load_before, 'load_after': load_after,
+      json.dump({'args': vars(args), 'cpu': host, 'versions': sorted(versions),
+                 'load_before': load_before, 'load_after': load_after,
                  'others_cpu_share': others,
                  'compile_seconds': compile_seconds, 'images_per_second': rates,
                  'median': medians, 'window_cpu_seconds': cpu_seconds,
-                 'cpu_seconds_per_image': cpu_per_image,
+                 'cpu_seconds_per_image': cpu_per_image, 'profiles': profiles,
                  'variants': {n: dataclasses.asdict(VARIANTS[n]) for n in names}}, f, indent=2)
 
 

@@ -132,6 +132,24 @@ class TorchStep:
     return time.perf_counter() - start
 
 
+def check_same_net() -> None:
+  """Asserts that this is the paper's net: 60,965,224 parameters, LRN within each tower.
+
+  Runs before every measurement (torch is installed for the CPU comparison only, so this
+  check lives here rather than in the test suite).
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  net = alexnet(model_lib.ModelConfig())
+  assert sum(p.numel() for p in net.parameters()) == 60_965_224
+  assert net(torch.zeros(1, 3, 227, 227)).shape == (1, 1000)
+  # LRN within each tower's 48 channels, in the paper's convention.
+  activations = np.maximum(30 * np.random.default_rng(0).normal(size=(2, 96, 5, 5)), 0)
+  got = TowerLRN(2)(torch.tensor(activations, dtype=torch.float32)).numpy()
+  towers = np.split(activations.transpose(0, 2, 3, 1), 2, axis=-1)
+  want = np.concatenate([model_lib.local_response_norm(t) for t in towers], axis=-1)
+  np.testing.assert_allclose(got, want.transpose(0, 3, 1, 2), rtol=1e-5)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--image_size', type=int, default=227)
