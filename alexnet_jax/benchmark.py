@@ -34,6 +34,7 @@ import time
 from absl import logging
 import jax
 
+from alexnet_jax import communication
 from alexnet_jax import preprocess
 from alexnet_jax import summary
 from alexnet_jax import synthetic_data
@@ -151,7 +152,6 @@ class StepTimer:
 # Profile breakdown: trace events named after the compiled HLO's instructions.
 
 _INSTRUCTION = re.compile(r'\s*(?:ROOT )?%(\S+) = (.+?) ([a-z][\w-]*)\((.*)')
-_COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'collective-permute', 'all-to-all')
 _CONTROL_FLOW = ('while', 'conditional', 'call')  # their bodies' ops are traced themselves
 
 
@@ -191,7 +191,7 @@ def _category(ops: set, targets: set) -> str:
     return 'scatter (max-pool gradient)'
   if 'reduce-window' in ops:
     return 'reduce-window (LRN sums, max-pool)'
-  if ops & set(_COLLECTIVES):
+  if ops & set(communication.COLLECTIVES):
     return 'collective'
   if ops <= {'copy', 'transpose', 'bitcast', 'parameter', 'fusion', 'slice'}:
     return 'copy / transpose / slice'

@@ -3,7 +3,9 @@
 Works on the unoptimized HLO of a lowered function (`lowered.as_text(dialect='hlo',
 debug_info=True)`) and on the compiled HLO (`compiled.as_text()`), where XLA may have
 merged several collectives into one tuple-shaped op. Each op is attributed to a mesh
-axis by its replica groups and to a layer by the name scope in its metadata
+axis by its replica groups, in every form the supported JAX versions print (explicit
+lists `{{0,1},{2,3}}`, iota `[2,2]<=[4]`, and from jax 0.12 the named mesh
+`mesh['data'=2,'tower'=2] {'tower'}`), and to a layer by the name scope in its metadata
 (`cross_into_<layer>` for the tower crossings, the Flax module name otherwise).
 """
 
@@ -20,19 +22,26 @@ COLLECTIVES = ('all-gather', 'all-reduce', 'reduce-scatter', 'collective-permute
 _OP = re.compile(
     r'=\s*(?P<shape>.+?)\s+(?P<kind>' + '|'.join(COLLECTIVES) + r')(?:-start)?\((?P<rest>.*)$')
 _ARRAY = re.compile(r'\b(?P<dtype>pred|[fsu]\d+|bf16)\[(?P<dims>[\d,]*)\]')
-_EXPLICIT_GROUPS = re.compile(r'replica_groups=\{(\{[\d,]*\}(?:,\{[\d,]*\})*)\}')
-_IOTA_GROUPS = re.compile(r'replica_groups=\[(?P<shape>[\d,]+)\]<=\[(?P<dims>[\d,]+)\](?:T\((?P<perm>[\d,]+)\))?')
+_EXPLICIT_GROUPS = re.compile(r'replica_groups=\{(?P<groups>(?:\{[\d,]*\},?)*)\}')
+_IOTA_GROUPS = re.compile(
+    r'replica_groups=\[(?P<shape>[\d,]+)\]<=\[(?P<dims>[\d,]+)\](?:T\((?P<perm>[\d,]+)\))?')
+# jax >= 0.12: replica_groups=mesh['data'=2,'tower'=2] {'tower'} (sub-axes as 'data':(1)2).
+_NAMED_GROUPS = re.compile(
+    r"replica_groups=mesh\[(?P<mesh>[^\]]*)\](?:, device_ids=\((?:[^()]|\([^()]*\))*\))? \{(?P<axes>[^}]*)\}")
+_NAMED_AXIS = re.compile(r"'?(?P<name>[^',=:\s]+)'?(?:=(?P<size>\d+)|:\((?P<pre>\d+)\)(?P<sub>\d+))?")
 _OP_NAME = re.compile(r'op_name="(?P<name>[^"]*)"')
 _CROSSING = re.compile(r'cross_into_(?P<layer>\w+?)(?:/|$)')
 _MODULE = re.compile(r'AlexNet/(?P<layer>\w+?)(?:/|$)')
 
 _BYTES = {'pred': 1, 'bf16': 2}
+# The axis of a collective whose replica groups this reader cannot read: never guessed.
+UNATTRIBUTED = 'unattributed'
 
 
 @dataclasses.dataclass(frozen=True)
 class Collective:
   kind: str              # 'all-gather', 'all-reduce', ...
-  axis: str              # mesh axis name, or 'data+tower' when groups span both
+  axis: str              # mesh axis name, 'data+tower' when groups span both, or UNATTRIBUTED
   layer: str             # crossing layer, or the layer whose gradient is reduced
   direction: str         # 'forward' or 'backward'
   result_bytes: int      # bytes of the op's result(s) on one device
@@ -58,11 +67,13 @@ def _array_bytes(shape_text: str) -> int:
   return total
 
 
-def _replica_groups(text: str) -> list[list[int]]:
+def _listed_groups(text: str, num_devices: int) -> list[list[int]] | None:
+  """Replica groups written as device ids (positions in the mesh): explicit or iota."""
   explicit = _EXPLICIT_GROUPS.search(text)
   if explicit:
-    return [[int(i) for i in group.split(',') if i]
-            for group in re.findall(r'\{([\d,]*)\}', explicit[1])]
+    groups = [[int(i) for i in group.split(',') if i]
+              for group in re.findall(r'\{([\d,]*)\}', explicit['groups'])]
+    return groups or [list(range(num_devices))]  # replica_groups={}: every device
   iota = _IOTA_GROUPS.search(text)
   if iota:
     shape = [int(d) for d in iota['shape'].split(',')]
@@ -71,28 +82,63 @@ def _replica_groups(text: str) -> list[list[int]]:
     if iota['perm']:
       ids = ids.transpose([int(p) for p in iota['perm'].split(',')])
     return ids.reshape(shape).tolist()
-  return []
+  return None
 
 
-def _axis_of(groups: list[list[int]], mesh_shape: tuple[int, ...], axis_names) -> str:
-  """The mesh axes along which the members of a replica group differ."""
+def _varying_axes(groups: list[list[int]], mesh) -> tuple[set[str], int]:
+  """(mesh axes along which the members of a replica group differ, group size)."""
+  mesh_shape = tuple(mesh.devices.shape)
   varying = set()
   for group in groups:
     coords = np.array([np.unravel_index(i, mesh_shape) for i in group])
-    varying |= {axis_names[a] for a in range(len(mesh_shape)) if len(set(coords[:, a])) > 1}
-  return '+'.join(name for name in axis_names if name in varying) or 'none'
+    varying |= {mesh.axis_names[a] for a in range(len(mesh_shape))
+                if len(set(coords[:, a])) > 1}
+  return varying, len(groups[0])
+
+
+def _named_axes(match: re.Match, mesh) -> tuple[set[str], int] | None:
+  """(axes, group size) of the named-mesh form, None if it names axes `mesh` lacks."""
+  sizes = {axis['name']: int(axis['size'])
+           for axis in _NAMED_AXIS.finditer(match['mesh']) if axis['size']}
+  axes, group_size = set(), 1
+  for axis in _NAMED_AXIS.finditer(match['axes']):
+    if axis['name'] not in mesh.axis_names or axis['name'] not in sizes:
+      return None
+    axes.add(axis['name'])
+    group_size *= int(axis['sub']) if axis['sub'] else sizes[axis['name']]
+  return axes, group_size
+
+
+def group_axes(line: str, mesh) -> tuple[str, int]:
+  """(mesh axes the op's replica groups span, joined by '+', group size) of one HLO line.
+
+  The axes are 'none' for groups of one device, and UNATTRIBUTED where the groups are
+  missing or in a form this reader does not know (the group size is then the whole
+  mesh, the most it could span).
+  """
+  named = _NAMED_GROUPS.search(line)
+  if named:
+    found = _named_axes(named, mesh)
+  else:
+    groups = _listed_groups(line, mesh.devices.size) if 'replica_groups=' in line else None
+    found = _varying_axes(groups, mesh) if groups else None
+  if found is None:
+    return UNATTRIBUTED, mesh.devices.size
+  varying, group_size = found
+  if group_size == 1:
+    return 'none', 1
+  return '+'.join(name for name in mesh.axis_names if name in varying) or 'none', group_size
 
 
 def collectives(hlo_text: str, mesh) -> list[Collective]:
   """Every collective in the HLO text, with replica-group ids read as positions in `mesh`."""
-  mesh_shape = tuple(mesh.devices.shape)
   found = []
   for line in hlo_text.splitlines():
     match = _OP.search(line)
     if not match or '-done(' in line:
       continue
-    groups = _replica_groups(line)
-    if groups and len(groups[0]) == 1:
+    axis, group_size = group_axes(line, mesh)
+    if group_size == 1:
       continue  # a group of one device exchanges nothing (e.g. a data axis of size 1)
     name_match = _OP_NAME.search(line)
     op_name = name_match['name'] if name_match else ''
@@ -107,9 +153,9 @@ def collectives(hlo_text: str, mesh) -> list[Collective]:
     backward = 'transpose(' in op_name or match['kind'] == 'reduce-scatter' or not crossing
     found.append(Collective(
         kind=match['kind'],
-        axis=_axis_of(groups, mesh_shape, mesh.axis_names) if groups else 'all',
+        axis=axis,
         layer=layer,
         direction='backward' if backward else 'forward',
         result_bytes=_array_bytes(match['shape']),
-        group_size=len(groups[0]) if groups else math.prod(mesh_shape)))
+        group_size=group_size))
   return found

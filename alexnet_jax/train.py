@@ -57,11 +57,14 @@ class TrainConfig:
     return self.eval_batch_size or self.batch_size
 
 
-# jaxlib 0.10's CPU backend hands convolutions, dots and reductions to YNNPACK; its
-# convolutions are slower here than XLA's own (Eigen), so the step keeps YNNPACK for dots and
-# reductions only: x1.3 to x2.1 training images/s on 2 cores (docs/PERFORMANCE.md).
+# jaxlib's CPU backend (0.10 to 0.12) hands convolutions, dots and reductions to YNNPACK;
+# its convolutions are slower here than XLA's own (Eigen), so the step keeps YNNPACK for dots
+# and reductions only: x1.3 to x2.1 training images/s on 2 cores with jaxlib 0.10, x1.5 with
+# 0.12 (docs/PERFORMANCE.md). The option is experimental: only the jaxlibs it was measured
+# on get it.
 CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
                         'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+CPU_COMPILER_OPTIONS_JAXLIBS = ('0.10.', '0.11.', '0.12.')
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -87,9 +90,8 @@ class Trainer:
     self.plateau = optimizer_lib.plateau_rule(opt_config)
     self.tx = optimizer_lib.make(opt_config, parallel.abstract_sharded_params(model_config, mesh))
     self._replicated = jax.sharding.NamedSharding(mesh, jax.P())
-    # The option is experimental: only the jaxlib it was measured on gets it.
     tuned_cpu = (mesh.devices.flat[0].platform == 'cpu'
-                 and jaxlib.__version__.startswith('0.10.'))
+                 and jaxlib.__version__.startswith(CPU_COMPILER_OPTIONS_JAXLIBS))
     self.step = jax.jit(self._step, donate_argnums=0,
                         compiler_options=CPU_COMPILER_OPTIONS if tuned_cpu else None)
     self._forward = parallel.sharded_forward(model_config, mesh)

@@ -80,15 +80,53 @@ def test_no_tower_collectives_when_each_device_holds_both_towers():
     assert ops and all(op.axis == parallel.DATA and op.kind == 'all-reduce' for op in ops)
 
 
-def test_replica_group_formats():
+_LINE = ('%ag = f32[4,8]{1,0} all-gather(%x), channel_id=1, replica_groups=GROUPS, '
+         'dimensions={1}, use_global_device_ids=true, '
+         'metadata={op_name="jit(f)/AlexNet/cross_into_fc7/all_gather"}')
+
+
+def _read(groups: str, mesh):
+  return communication.collectives(_LINE.replace('GROUPS', groups), mesh)
+
+
+def test_replica_group_formats_of_every_supported_jax():
   mesh = meshes.mesh(2, 2)  # device (d, t) has id 2 d + t
-  line = ('%ag = f32[4,8]{1,0} all-gather(%x), replica_groups=%s, dimensions={1}, '
-          'metadata={op_name="jit(f)/AlexNet/cross_into_fc7/all_gather"}')
-  explicit = communication.collectives(line.replace('%s', '{{0,1},{2,3}}'), mesh)
-  iota = communication.collectives(line.replace('%s', '[2,2]<=[4]'), mesh)
-  transposed = communication.collectives(line.replace('%s', '[2,2]<=[2,2]T(1,0)'), mesh)
-  assert explicit == iota
+  explicit = _read('{{0,1},{2,3}}', mesh)                  # jax 0.10, lowered
+  iota = _read('[2,2]<=[4]', mesh)                         # jax 0.10, compiled
+  named = _read("mesh['data'=2,'tower'=2] {'tower'}", mesh)  # jax 0.12
+  assert explicit == iota == named
   assert explicit[0].axis == 'tower' and explicit[0].layer == 'fc7'
   assert explicit[0].result_bytes == 4 * 8 * 4
   assert explicit[0].received_bytes == 4 * 8 * 4 / 2
-  assert transposed[0].axis == 'data'
+  assert _read('[2,2]<=[2,2]T(1,0)', mesh)[0].axis == 'data'
+  assert _read("mesh['data'=2,'tower'=2] {'data'}", mesh)[0].axis == 'data'
+  both = _read("mesh['data'=2,'tower'=2] {'data','tower'}", mesh)[0]
+  assert (both.axis, both.group_size) == ('data+tower', 4)
+  everyone = _read('{}', mesh)[0]  # HLO's empty list: one group of every device
+  assert (everyone.axis, everyone.group_size) == ('data+tower', 4)
+  with_ids = _read("mesh['data'=2,'tower'=2], device_ids=([2,2]<=[2,2]T(1,0)) {'tower'}", mesh)
+  assert (with_ids[0].axis, with_ids[0].group_size) == ('tower', 2)
+
+
+def test_named_sub_axis_counts_its_own_size():
+  mesh = meshes.mesh(4, 1)
+  sub = _read("mesh['data'=4,'tower'=1] {'data':(1)2}", mesh)[0]
+  assert (sub.axis, sub.group_size) == ('data', 2)
+  assert sub.received_bytes == 4 * 8 * 4 / 2
+
+
+def test_a_group_of_one_device_is_no_traffic_in_every_form():
+  mesh = meshes.mesh(1, 2)  # the 'data' axis has size 1
+  assert _read('{{0},{1}}', mesh) == []
+  assert _read('[2,1]<=[2]', mesh) == []
+  assert _read("mesh['data'=1,'tower'=2] {'data'}", mesh) == []
+  assert _read("mesh['data'=1,'tower'=2] {}", mesh) == []
+
+
+def test_groups_the_reader_cannot_read_are_unattributed_not_guessed():
+  mesh = meshes.mesh(1, 2)
+  for groups in ("mesh['x'=2] {'x'}", 'somethingnew(0,1)'):
+    op, = _read(groups, mesh)
+    assert op.axis == communication.UNATTRIBUTED and op.group_size == 2, groups
+  op, = communication.collectives(_LINE.replace('replica_groups=GROUPS, ', ''), mesh)
+  assert op.axis == communication.UNATTRIBUTED
