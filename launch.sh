@@ -24,8 +24,9 @@ Usage: ./launch.sh COMMAND [ARGS]
       Run FLAGFILE on every worker of a TPU VM (pod slice) at once, from DIR (default
       alexnet_jax, in the home directory) where the code and its .venv must be:
       gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command "...".
-  test [pytest args...]
-      Run the test suite (fast; CPU only).
+  test [--fast] [pytest args...]
+      Run the test suite on the CPU. --fast leaves out the tests marked slow (real
+      training runs, subprocesses, multi-process runs): under 3 minutes on 2 cores.
 
   --dry-run prints what would be submitted or run (the sbatch script and command, the
   gcloud command) and does nothing. Other flags go to alexnet_jax.main.
@@ -214,7 +215,12 @@ cmd_tpu() {
 
 cmd_test() {
   cd "$ROOT"
-  exec "$(venv_python)" -m pytest -q tests "$@"
+  local args=()
+  if [[ "${1:-}" == --fast ]]; then
+    shift
+    args=(-m "not slow")
+  fi
+  exec "$(venv_python)" -m pytest -q tests ${args[@]+"${args[@]}"} "$@"
 }
 
 case "${1:-}" in

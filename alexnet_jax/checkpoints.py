@@ -22,16 +22,17 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from alexnet_jax import distributed
+from alexnet_jax.config import UserError
 
 # Settings that change the parameters' shapes: a checkpoint only fits the same ones.
 SHAPE_FIELDS = ('towers', 'num_classes', 'image_size', 'width', 'crossings')
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
   """The checkpoint was written by a model of another configuration."""
 
 
-class NoCheckpointError(FileNotFoundError):
+class NoCheckpointError(UserError, FileNotFoundError):
   """There is no readable checkpoint where one is needed."""
 
 
@@ -98,11 +99,12 @@ class Checkpoints:
     return self.manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))['config']
 
-  def restore(self, abstract_state, step: int | None = None):
+  def restore(self, abstract_state, step: int | None = None, partial: bool = False):
     """The newest readable state (or that of `step`) laid out like `abstract_state`.
 
     abstract_state's leaves are jax.ShapeDtypeStructs with the shardings wanted now,
-    so a checkpoint written on one mesh restores onto any other. Returns None when the
+    so a checkpoint written on one mesh restores onto any other. With `partial`, it is a
+    dict of some of the state's fields, and only those are read. Returns None when the
     workdir has no checkpoint (and `step` is None). An unreadable checkpoint is skipped
     (and, unless read-only, moved to WORKDIR/corrupt/); NoCheckpointError if none is left.
     """
@@ -118,8 +120,13 @@ class Checkpoints:
         continue
       check_compatible(saved, self.model_config, self.directory)
       try:
-        restored = self.manager.restore(candidate, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
+        if partial:
+          read = ocp.args.PyTreeRestore(
+              abstract_state, partial_restore=True,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
+        else:
+          read = ocp.args.StandardRestore(abstract_state)
+        restored = self.manager.restore(candidate, args=ocp.args.Composite(state=read))
       except Exception as error:  # pylint: disable=broad-except
         self._skip(candidate, error)
         continue

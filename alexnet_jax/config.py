@@ -1,193 +1,381 @@
-"""Command-line flags and the configs built from them.
+"""The experiment: one frozen dataclass per concern, and every rule they must obey.
 
-Flags are parsed by absl in main.py; `model_config()` and `mesh_shape()` turn them into
-the frozen configs the rest of the code takes, raising ValueError (with the fix) for any
-combination that cannot run, before anything is compiled or read.
+A leaf module: it imports nothing that loads orbax or TensorFlow, so a flagfile can be
+checked in a second. `alexnet_jax.flags` defines the command-line flags with these
+defaults; `main.py` alone reads them and builds an `Experiment`; every other module is
+handed the configs it needs. `Experiment.validate()` checks each config and every rule
+across them, and `Experiment.mesh_shape()` the mesh against the devices, before anything
+is compiled or read. A setting that cannot run raises `UserError` with the fix.
 """
 
 from __future__ import annotations
 
-from absl import flags
+import dataclasses
+import math
+import re
 
-from alexnet_jax import data_config as data_config_lib
-from alexnet_jax import distributed
-from alexnet_jax import model as model_lib
-from alexnet_jax import optimizer as optimizer_lib
-from alexnet_jax import parallel
-from alexnet_jax import train
+
+class UserError(ValueError):
+  """Something the user can fix (a flag, a file, a dataset): one line, no traceback."""
+
 
 MODES = ('train', 'eval', 'predict', 'summary', 'benchmark', 'visualize')
+DATA_MODES = ('train', 'eval', 'predict', 'visualize')   # the modes that read a dataset
 
-_MODE = flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
-WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for everything a run writes.')
-SEED = flags.DEFINE_integer('seed', 0, 'Seed of parameters, dropout and data order.')
 
-# Model.
-TOWERS = flags.DEFINE_integer('towers', 2, "2: the paper's net; 1: its one-GPU ablation.")
-NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Output classes.')
-IMAGE_SIZE = flags.DEFINE_integer('image_size', 227,
-                                  'Input side; 224 is padded (0, 3) like cuda-convnet.')
-WIDTH = flags.DEFINE_float('width', 1.0, 'Multiplies every layer width (small variants).')
-LRN = flags.DEFINE_bool('lrn', True, 'Local response normalization after conv1, conv2.')
-OVERLAPPING_POOL = flags.DEFINE_bool('overlapping_pool', True,
-                                     'Max-pool 3x3 stride 2 (paper) or 2x2 stride 2.')
-DROPOUT_RATE = flags.DEFINE_float('dropout_rate', 0.5, 'Dropout after fc6 and fc7.')
-DTYPE = flags.DEFINE_enum('dtype', 'float32', model_lib.DTYPES,
-                          'Compute dtype; parameters stay float32.')
-INIT = flags.DEFINE_enum('init', 'paper', model_lib.INIT_SCHEMES,
-                         "paper: N(0,0.01), biases 1; caffe: bvlc_alexnet's; he: He-normal.")
-CROSSINGS = flags.DEFINE_list('crossings', list(model_lib.PAPER_CROSSINGS),
-                              'Layers that read every tower (the paper: conv3,fc6,fc7,fc8).')
+# ----------------------------------------------------------------------------------
+# The net.
 
-# Devices.
-MESH = flags.DEFINE_string('mesh', None, 'data:D,tower:T. Default: every device, tower=2 '
-                           'when the model has two towers and the device count is even.')
-CPU_DEVICES = flags.DEFINE_integer('cpu_devices', None,
-                                   'Split the CPU into this many JAX devices (try meshes '
-                                   'on a laptop). Only when running on the CPU.')
-BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
+PAPER_CROSSINGS = ('conv3', 'fc6', 'fc7', 'fc8')
+CROSSABLE = ('conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+INIT_SCHEMES = ('paper', 'caffe', 'he')
+DTYPES = ('float32', 'bfloat16')
 
-# Processes.
-DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', distributed.MODES,
-                                'Start jax.distributed? auto: when --num_processes is set or '
-                                'in a SLURM job step of several tasks; on: always (TPU VM pods); '
-                                'off: never.')
-COORDINATOR_ADDRESS = flags.DEFINE_string('coordinator_address', None,
-                                          'host:port of process 0 (with --num_processes).')
-NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
-PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0..num_processes-1.')
-HEARTBEAT_TIMEOUT = flags.DEFINE_integer('heartbeat_timeout', 100,
-                                         'Seconds without a heartbeat after which a process '
-                                         'counts as dead and the others stop with an error.')
-INITIALIZATION_TIMEOUT = flags.DEFINE_integer('initialization_timeout', 300,
-                                              'Seconds to wait for every process to join.')
 
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything that decides the network's shape and numerics."""
+  towers: int = 2                       # 2: the paper's net; 1: its one-GPU ablation
+  num_classes: int = 1000
+  image_size: int = 227                 # 224 is padded (0, 3) like cuda-convnet
+  width: float = 1.0                    # multiplies every layer's channels (tests, CPU demo)
+  lrn: bool = True
+  overlapping_pool: bool = True         # 3x3 stride 2 (paper) or 2x2 stride 2
+  dropout_rate: float = 0.5
+  dtype: str = 'float32'                # compute dtype; parameters stay float32
+  init: str = 'paper'                   # 'paper', 'caffe' or 'he' (see model.layer_init)
+  crossings: tuple[str, ...] = PAPER_CROSSINGS  # layers that read every tower
+
+  def validate(self) -> None:
+    if self.towers not in (1, 2):
+      raise UserError(f'--towers must be 1 or 2, got {self.towers}: 2 is the paper\'s net, '
+                      '1 its one-GPU ablation.')
+    _one_of('dtype', self.dtype, DTYPES)
+    _one_of('init', self.init, INIT_SCHEMES)
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise UserError(f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
+    if not self.width > 0:
+      raise UserError(f'--width must be positive, got {self.width}.')
+    if self.num_classes < 2:
+      raise UserError(f'--num_classes must be at least 2, got {self.num_classes}.')
+    if not set(self.crossings) <= set(CROSSABLE) or 'fc8' not in self.crossings:
+      raise UserError(f'--crossings must name layers among {list(CROSSABLE)} and include fc8 '
+                      f'(the classifier reads both towers), got {",".join(self.crossings)}.')
+    from alexnet_jax import model  # the layer table decides; model imports only flax and jax
+    smallest = model.smallest_image_size(self)
+    if self.image_size < smallest:
+      raise UserError(f'--image_size={self.image_size} is too small: the feature map '
+                      f'vanishes before fc6. Use at least {smallest}.')
+
+
+# ----------------------------------------------------------------------------------
+# Devices and processes.
+
+DATA, TOWER = 'data', 'tower'
+DISTRIBUTED_MODES = ('auto', 'on', 'off')
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshShape:
+  data: int
+  tower: int
+
+  def __str__(self) -> str:
+    return f'data:{self.data},tower:{self.tower}'
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """The ('data', 'tower') mesh asked for, and how many devices to split the CPU into."""
+  mesh: str | None = None               # 'data:D,tower:T'; None: every device (see shape)
+  cpu_devices: int | None = None
+
+  def parsed(self) -> MeshShape | None:
+    """The --mesh text as a MeshShape (either order), None when not given."""
+    if self.mesh is None:
+      return None
+    match = re.fullmatch(r'\s*(\w+):(\d+)\s*,\s*(\w+):(\d+)\s*', self.mesh)
+    axes = dict(((match[1], int(match[2])), (match[3], int(match[4])))) if match else {}
+    if set(axes) != {DATA, TOWER} or min(axes.values()) < 1:
+      raise UserError(f'--mesh must look like data:D,tower:T with positive sizes, '
+                      f'got {self.mesh!r}.')
+    return MeshShape(axes[DATA], axes[TOWER])
+
+  def validate(self) -> None:
+    self.parsed()
+    if self.cpu_devices is not None and self.cpu_devices < 1:
+      raise UserError(f'--cpu_devices must be at least 1, got {self.cpu_devices}.')
+
+  def shape(self, num_devices: int, towers: int) -> MeshShape:
+    """--mesh, or one tower per device (as in 2012) when the device count allows."""
+    shape = self.parsed()
+    if shape is None:
+      tower = 2 if towers == 2 and num_devices % 2 == 0 else 1
+      shape = MeshShape(num_devices // tower, tower)
+    if shape.tower not in (1, 2):
+      raise UserError(f'the tower axis must be 1 or 2, got {shape.tower}.')
+    if shape.tower > towers:
+      raise UserError(f'a tower axis of {shape.tower} needs the two-tower model; with '
+                      f'--towers={towers} use --mesh=data:{num_devices},tower:1.')
+    if shape.data * shape.tower != num_devices:
+      raise UserError(f'--mesh={shape} needs {shape.data * shape.tower} devices but '
+                      f'{num_devices} are visible; use data * tower = {num_devices}.')
+    return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessConfig:
+  """How this process finds the others (all None: let the environment say)."""
+  distributed: str = 'auto'             # 'auto', 'on' or 'off'
+  coordinator_address: str | None = None  # host:port of process 0
+  num_processes: int | None = None
+  process_id: int | None = None
+  heartbeat_timeout: int = 100          # seconds without a heartbeat: a process is dead
+  initialization_timeout: int = 300     # seconds to wait for every process to join
+
+  @property
+  def explicit(self) -> bool:
+    return self.num_processes is not None
+
+  def validate(self) -> None:
+    _one_of('distributed', self.distributed, DISTRIBUTED_MODES)
+    named = (self.coordinator_address, self.num_processes, self.process_id)
+    if any(value is not None for value in named) and None in named:
+      raise UserError('--coordinator_address, --num_processes and --process_id go together: '
+                      'set all three (or none, under SLURM or on a TPU VM).')
+    if self.explicit and self.distributed == 'off':
+      raise UserError('--distributed=off contradicts --num_processes: drop one of them.')
+    if self.explicit and not 0 <= self.process_id < self.num_processes:
+      raise UserError(f'--process_id must be in 0..{self.num_processes - 1} '
+                      f'(--num_processes={self.num_processes}), got {self.process_id}.')
+    if self.explicit and ':' not in self.coordinator_address:
+      raise UserError(f'--coordinator_address must be host:port, got '
+                      f'{self.coordinator_address!r}.')
+    if min(self.heartbeat_timeout, self.initialization_timeout) < 1:
+      raise UserError('--heartbeat_timeout and --initialization_timeout must be at least 1 s.')
+
+
+# ----------------------------------------------------------------------------------
 # Data.
-DATASET = flags.DEFINE_string('dataset', 'imagenet2012', 'Any TFDS image-classification dataset.')
-DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir (default: TFDS\'s own).')
-MANUAL_DIR = flags.DEFINE_string('manual_dir', None,
-                                 'Where ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar lie.')
-DEMO_DATA = flags.DEFINE_bool('demo_data', False, 'Write the built-in demo ImageNet tars into '
-                              '--manual_dir first (if they are not there yet).')
-TRAIN_SPLIT = flags.DEFINE_string('train_split', 'train', 'TFDS split string, e.g. train[:90%].')
-EVAL_SPLIT = flags.DEFINE_string('eval_split', 'validation', 'TFDS split string.')
-AUGMENT = flags.DEFINE_enum('augment', 'paper', data_config_lib.AUGMENTS,
-                            'paper: 256 square, random crop, flip, PCA noise.')
-EVAL_CROPS = flags.DEFINE_integer('eval_crops', 1, '1 (centre) or 10 (the paper\'s).')
-MEAN = flags.DEFINE_enum('mean', 'channel', data_config_lib.MEANS,
-                         'Subtract the per-channel mean or the per-pixel mean image.')
-PCA_STD = flags.DEFINE_float('pca_std', 0.1, 'Std of the PCA colour noise; 0 turns it off.')
-STANDARDIZE = flags.DEFINE_bool('standardize', False, 'Also divide the input by the per-channel '
-                                'std (the paper does not; He init needs it).')
-SHUFFLE_BUFFER = flags.DEFINE_integer('shuffle_buffer', 10_000, 'Examples in the shuffle buffer.')
 
-# Optimizer.
-LEARNING_RATE = flags.DEFINE_float('learning_rate', 0.01, 'Base learning rate (paper: 0.01).')
-MOMENTUM = flags.DEFINE_float('momentum', 0.9, 'Momentum (paper: 0.9).')
-WEIGHT_DECAY = flags.DEFINE_float('weight_decay', 5e-4, 'Weight decay (paper: 0.0005).')
-DECAY_BIASES = flags.DEFINE_bool('decay_biases', False, 'Also decay biases.')
-SCHEDULE = flags.DEFINE_enum('schedule', 'plateau', optimizer_lib.SCHEDULES,
-                             'plateau: /10 when eval error stops improving (paper).')
-LINEAR_SCALING = flags.DEFINE_bool('linear_scaling', False, 'Learning rate x batch / 128.')
-WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 0, 'cosine: linear warm-up steps.')
-LR_STEP_EVERY = flags.DEFINE_integer('lr_step_every', 0, 'step: divide by 10 every N steps.')
-PLATEAU_PATIENCE = flags.DEFINE_integer('plateau_patience', 1,
-                                        'plateau: evaluations without improvement before a drop.')
-MAX_DROPS = flags.DEFINE_integer('max_drops', 3, 'plateau: at most this many drops.')
-
-# Loop.
-NUM_EPOCHS = flags.DEFINE_float('num_epochs', 90.0, 'Training epochs.')
-NUM_TRAIN_STEPS = flags.DEFINE_integer('num_train_steps', 0, 'Wins over --num_epochs when > 0.')
-EVAL_EVERY_STEPS = flags.DEFINE_integer('eval_every_steps', 0, '0: every epoch.')
-CHECKPOINT_EVERY_STEPS = flags.DEFINE_integer('checkpoint_every_steps', 1000, 'Save every N steps.')
-LOG_EVERY_STEPS = flags.DEFINE_integer('log_every_steps', 50, 'Progress line every N steps.')
-KEEP_CHECKPOINTS = flags.DEFINE_integer('keep_checkpoints', 3,
-                                        'Newest checkpoints kept (the best is kept too).')
-EVAL_BATCH_SIZE = flags.DEFINE_integer('eval_batch_size', 0, '0: --batch_size.')
-PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 0, 'Write a profiler trace of N steps.')
-CHECKPOINT_STEP = flags.DEFINE_integer('checkpoint_step', None, 'eval/predict: this step.')
-IMAGE = flags.DEFINE_list('image', [], 'predict: image files.')
-
-# Benchmark.
-BENCHMARK_STEPS = flags.DEFINE_integer('benchmark_steps', 10, 'Steps per timed window.')
-BENCHMARK_REPEATS = flags.DEFINE_integer('benchmark_repeats', 5, 'Timed windows (median taken).')
-PEAK_TFLOPS = flags.DEFINE_float('peak_tflops', None, 'Device peak for MFU (default: a table '
-                                 'of known chips).')
+AUGMENTS = ('paper', 'inception', 'none')
+EVAL_CROPS = (1, 10)
+MEANS = ('channel', 'pixel')
 
 
-def mode() -> str:
-  return _MODE.value
+def resize_size(image_size: int) -> int:
+  """The side R of the square the crops are taken from (the paper's 256).
+
+  The paper crops 224 (or 227) from 256. Crops of 224..256 keep 256; any other crop
+  size scales the 256 in the same proportion as 224, round(image_size * 256 / 224),
+  so a small demo net sees the same relative translations (67 -> 77, 99 -> 113).
+  """
+  if 224 <= image_size <= 256:
+    return 256
+  return round(image_size * 256 / 224)
 
 
-def model_config() -> model_lib.ModelConfig:
-  config = model_lib.ModelConfig(
-      towers=TOWERS.value, num_classes=NUM_CLASSES.value, image_size=IMAGE_SIZE.value,
-      width=WIDTH.value, lrn=LRN.value, overlapping_pool=OVERLAPPING_POOL.value,
-      dropout_rate=DROPOUT_RATE.value, dtype=DTYPE.value, init=INIT.value,
-      crossings=tuple(CROSSINGS.value))
-  config.validate()
-  return config
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """The dataset, its splits, and the paper's preprocessing choices.
+
+  `image_size` and `seed` are not flags of their own: `Experiment.from_parts` fills them
+  from the model's input size and the run's seed, so they cannot disagree.
+  """
+  dataset: str = 'imagenet2012'         # any TFDS image-classification dataset
+  data_dir: str | None = None           # TFDS data dir (None: TFDS's default)
+  manual_dir: str | None = None         # holds ILSVRC2012_img_train.tar / _val.tar
+  demo_data: bool = False               # write the demo tars into manual_dir first
+  train_split: str = 'train'            # TFDS split syntax, e.g. 'train[:90%]'
+  eval_split: str = 'validation'
+  augment: str = 'paper'                # 'paper', 'inception' or 'none'
+  eval_crops: int = 1                   # 1 (centre) or 10 (paper: corners + centre, mirrored)
+  mean: str = 'channel'                 # 'channel' (cuda-convnet2's) or 'pixel' (paper's mean image)
+  pca_std: float = 0.1                  # std of the PCA colour noise; 0 turns it off
+  standardize: bool = False             # also divide by the per-channel std (He init)
+  shuffle_buffer: int = 10_000          # encoded examples (~110 kB each on ImageNet)
+  image_size: int = 227                 # side of the crop the model sees (the model's)
+  seed: int = 0                         # the run's seed
+
+  @property
+  def resize_size(self) -> int:
+    return resize_size(self.image_size)
+
+  def validate(self) -> None:
+    _one_of('augment', self.augment, AUGMENTS)
+    if self.eval_crops not in EVAL_CROPS:
+      raise UserError(f'--eval_crops must be 1 (centre) or 10 (the paper\'s), '
+                      f'got {self.eval_crops}.')
+    _one_of('mean', self.mean, MEANS)
+    if self.image_size < 8:
+      raise UserError(f'--image_size must be at least 8, got {self.image_size}.')
+    if not self.pca_std >= 0:
+      raise UserError(f'--pca_std must be >= 0, got {self.pca_std}.')
+    if self.shuffle_buffer < 1:
+      raise UserError(f'--shuffle_buffer must be positive, got {self.shuffle_buffer}.')
+    if not 0 <= self.seed < 2**31:
+      raise UserError(f'--seed must be in [0, 2**31), got {self.seed}.')
+    if self.demo_data and not self.manual_dir:
+      raise UserError('--demo_data writes the demo tars into --manual_dir: set --manual_dir.')
 
 
-def mesh_shape(num_devices: int, towers: int) -> parallel.MeshShape:
-  """The --mesh flag (or the default) checked against the devices and the model."""
-  shape = (parallel.parse_mesh(MESH.value) if MESH.value
-           else parallel.default_mesh_shape(num_devices, towers))
-  parallel.check_mesh_shape(shape, num_devices, towers)
-  for flag in (BATCH_SIZE, EVAL_BATCH_SIZE):
-    if flag.value and (flag.value < 1 or flag.value % shape.data):
-      raise ValueError(f'--{flag.name}={flag.value} must be a positive multiple of the data '
-                       f'axis ({shape.data}) so every data shard gets the same batch.')
-  if not BATCH_SIZE.value:
-    raise ValueError('--batch_size must be positive.')
-  return shape
+# ----------------------------------------------------------------------------------
+# Optimization and the loop.
+
+SCHEDULES = ('plateau', 'step', 'cosine', 'constant')
 
 
-def process_config() -> distributed.ProcessConfig:
-  config = distributed.ProcessConfig(
-      mode=DISTRIBUTED.value, coordinator_address=COORDINATOR_ADDRESS.value,
-      num_processes=NUM_PROCESSES.value, process_id=PROCESS_ID.value,
-      heartbeat_timeout=HEARTBEAT_TIMEOUT.value,
-      initialization_timeout=INITIALIZATION_TIMEOUT.value)
-  config.validate()
-  return config
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  learning_rate: float = 0.01
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  decay_biases: bool = False           # cuda-convnet2 decayed weights only
+  schedule: str = 'plateau'            # see SCHEDULES
+  linear_scaling: bool = False         # lr * batch / 128 (Goyal et al.)
+  warmup_steps: int = 0                # cosine: linear warm-up
+  lr_step_every: int = 0               # step: divide by 10 every this many steps
+  plateau_patience: int = 1            # plateau: evaluations without improvement
+  max_drops: int = 3                   # plateau: the paper divided by 10 three times
+
+  def validate(self) -> None:
+    _one_of('schedule', self.schedule, SCHEDULES)
+    if not self.learning_rate > 0:
+      raise UserError(f'--learning_rate must be positive, got {self.learning_rate}.')
+    if not 0 <= self.momentum < 1:
+      raise UserError(f'--momentum must be in [0, 1), got {self.momentum}.')
+    for name in ('weight_decay', 'warmup_steps', 'max_drops'):
+      if not getattr(self, name) >= 0:
+        raise UserError(f'--{name} must be >= 0, got {getattr(self, name)}.')
+    if self.plateau_patience < 1:
+      raise UserError(f'--plateau_patience must be at least 1, got {self.plateau_patience}.')
+    if self.schedule == 'step' and self.lr_step_every < 1:
+      raise UserError('--schedule=step needs --lr_step_every (steps between drops).')
 
 
-def data_config() -> data_config_lib.DataConfig:
-  config = data_config_lib.DataConfig(
-      dataset=DATASET.value, data_dir=DATA_DIR.value, manual_dir=MANUAL_DIR.value,
-      train_split=TRAIN_SPLIT.value, eval_split=EVAL_SPLIT.value, image_size=IMAGE_SIZE.value,
-      augment=AUGMENT.value, eval_crops=EVAL_CROPS.value, mean=MEAN.value, pca_std=PCA_STD.value,
-      standardize=STANDARDIZE.value,
-      shuffle_buffer=SHUFFLE_BUFFER.value, seed=SEED.value)
-  config.validate()
-  return config
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  batch_size: int = 128
+  num_epochs: float = 90.0
+  num_train_steps: int = 0              # wins over num_epochs when > 0
+  eval_every_steps: int = 0             # 0: once per epoch
+  checkpoint_every_steps: int = 1000
+  log_every_steps: int = 50
+  keep_checkpoints: int = 3
+  eval_batch_size: int = 0              # 0: batch_size
+  profile_steps: int = 0                # trace this many steps (after 5 warm-up steps)
+  seed: int = 0                         # parameters, dropout and (through DataConfig) data
+
+  @property
+  def eval_batch(self) -> int:
+    return self.eval_batch_size or self.batch_size
+
+  def validate(self) -> None:
+    if self.batch_size < 1:
+      raise UserError(f'--batch_size must be positive, got {self.batch_size}.')
+    for name in ('checkpoint_every_steps', 'log_every_steps', 'keep_checkpoints'):
+      if getattr(self, name) < 1:
+        raise UserError(f'--{name} must be at least 1, got {getattr(self, name)}.')
+    for name in ('num_train_steps', 'eval_every_steps', 'eval_batch_size', 'profile_steps'):
+      if getattr(self, name) < 0:
+        raise UserError(f'--{name} must be >= 0 (0: the default), got {getattr(self, name)}.')
+    if not self.num_train_steps and not (0 < self.num_epochs < math.inf):
+      raise UserError(f'--num_epochs must be a positive number, got {self.num_epochs}.')
 
 
-def optimizer_config() -> optimizer_lib.OptimizerConfig:
-  config = optimizer_lib.OptimizerConfig(
-      learning_rate=LEARNING_RATE.value, momentum=MOMENTUM.value,
-      weight_decay=WEIGHT_DECAY.value, decay_biases=DECAY_BIASES.value, schedule=SCHEDULE.value,
-      linear_scaling=LINEAR_SCALING.value, warmup_steps=WARMUP_STEPS.value,
-      step_every=LR_STEP_EVERY.value, plateau_patience=PLATEAU_PATIENCE.value,
-      max_drops=MAX_DROPS.value)
-  config.validate()
-  return config
+# ----------------------------------------------------------------------------------
+# What this run does.
 
 
-def train_config() -> train.TrainConfig:
-  config = train.TrainConfig(
-      batch_size=BATCH_SIZE.value, num_epochs=NUM_EPOCHS.value,
-      num_train_steps=NUM_TRAIN_STEPS.value, eval_every_steps=EVAL_EVERY_STEPS.value,
-      checkpoint_every_steps=CHECKPOINT_EVERY_STEPS.value, log_every_steps=LOG_EVERY_STEPS.value,
-      keep_checkpoints=KEEP_CHECKPOINTS.value, eval_batch_size=EVAL_BATCH_SIZE.value,
-      profile_steps=PROFILE_STEPS.value, seed=SEED.value)
-  for name in ('checkpoint_every_steps', 'log_every_steps', 'keep_checkpoints'):
-    if getattr(config, name) < 1:
-      raise ValueError(f'--{name} must be at least 1, got {getattr(config, name)}.')
-  for name in ('num_train_steps', 'eval_every_steps', 'eval_batch_size', 'profile_steps'):
-    if getattr(config, name) < 0:
-      raise ValueError(f'--{name} must be >= 0 (0: the default), got {getattr(config, name)}.')
-  if config.num_epochs <= 0 and not config.num_train_steps:
-    raise ValueError(f'--num_epochs must be positive, got {config.num_epochs}.')
-  return config
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  mode: str = 'train'
+  workdir: str | None = None            # everything a run writes
+  checkpoint_step: int | None = None    # eval/predict/visualize: this step, not the newest
+  image: tuple[str, ...] = ()           # predict: image files
+
+  def validate(self) -> None:
+    _one_of('mode', self.mode, MODES)
+    if self.mode in DATA_MODES and not self.workdir:
+      raise UserError(f'--mode={self.mode} needs --workdir (where checkpoints and metrics '
+                      'live).')
+    if self.mode == 'predict' and not self.image:
+      raise UserError('--mode=predict needs --image=FILE[,FILE...].')
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+  benchmark_steps: int = 10             # steps per timed window
+  benchmark_repeats: int = 5            # timed windows (the median is reported)
+  peak_tflops: float | None = None      # the device's peak for MFU (default: a table)
+
+  def validate(self) -> None:
+    if min(self.benchmark_steps, self.benchmark_repeats) < 1:
+      raise UserError('--benchmark_steps and --benchmark_repeats must be at least 1.')
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualizeConfig:
+  queries: int = 8                      # Figure 4: query images of the eval split
+  neighbours: int = 6                   # Figure 4: training images per query (paper: 6)
+  max_train_images: int = 10_000        # Figure 4: the training images searched
+  figures_dir: str | None = None        # default WORKDIR/figures
+  results: bool = False                 # write the results table of `runs` instead
+  runs: tuple[str, ...] = ()            # [EXPERIMENT=]WORKDIR of each run
+  results_path: str | None = None       # default docs/RESULTS.md
+  curves_path: str | None = None        # also plot the runs' learning curves here
+  results_note: str = ''                # a paragraph under the table
+
+  def validate(self) -> None:
+    if min(self.queries, self.neighbours, self.max_train_images) < 1:
+      raise UserError('--queries, --neighbours and --max_train_images must be at least 1.')
+    if self.results and not self.runs:
+      raise UserError('--results writes the table of --runs=[EXPERIMENT=]WORKDIR,...: set '
+                      '--runs.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  model: ModelConfig
+  data: DataConfig
+  optimizer: OptimizerConfig
+  train: TrainConfig
+  mesh: MeshConfig
+  processes: ProcessConfig
+  run: RunConfig
+  benchmark: BenchmarkConfig
+  visualize: VisualizeConfig
+
+  @classmethod
+  def from_parts(cls, **parts) -> 'Experiment':
+    """The experiment of these configs; the data pipeline gets the model's size and seed."""
+    model, train = parts['model'], parts['train']
+    data = dataclasses.replace(parts['data'], image_size=model.image_size, seed=train.seed)
+    return cls(**{**parts, 'data': data})
+
+  def validate(self) -> None:
+    """Every config's own rules, then those across configs (no device needed)."""
+    for part in dataclasses.fields(self):
+      getattr(self, part.name).validate()
+    if (self.run.mode == 'benchmark' and self.train.profile_steps
+        and not self.run.workdir):
+      raise UserError('--profile_steps writes its trace into --workdir: set --workdir.')
+
+  def mesh_shape(self, num_devices: int) -> MeshShape:
+    """The mesh on these devices, checked against the model and the batch sizes."""
+    shape = self.mesh.shape(num_devices, self.model.towers)
+    self.check_batches(shape)
+    return shape
+
+  def check_batches(self, shape: MeshShape) -> None:
+    """Every data shard gets the same number of examples (the only place this is checked)."""
+    for flag, value in (('batch_size', self.train.batch_size),
+                        ('eval_batch_size', self.train.eval_batch)):
+      if value % shape.data:
+        raise UserError(f'--{flag}={value} must be a positive multiple of the data axis '
+                        f'({shape.data}) so every data shard gets the same batch.')
+
+
+def _one_of(flag: str, value, choices) -> None:
+  if value not in choices:
+    raise UserError(f'--{flag} must be one of {", ".join(map(str, choices))}, got {value!r}.')

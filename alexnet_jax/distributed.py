@@ -13,7 +13,6 @@ with --distributed=on (TPU VM pods: JAX reads the pod's workers from the VM).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import threading
@@ -23,44 +22,11 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 
-MODES = ('auto', 'on', 'off')
+from alexnet_jax.config import ProcessConfig
+
 # What a SLURM job step sets (the variables JAX's own SLURM detection reads).
 _SLURM_STEP = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
                'SLURM_LOCALID')
-
-
-@dataclasses.dataclass(frozen=True)
-class ProcessConfig:
-  """How this process finds the others (all None: let the environment say)."""
-  mode: str = 'auto'                    # 'auto', 'on' or 'off'
-  coordinator_address: str | None = None  # host:port of process 0
-  num_processes: int | None = None
-  process_id: int | None = None
-  heartbeat_timeout: int = 100          # seconds without a heartbeat: a process is dead
-  initialization_timeout: int = 300     # seconds to wait for every process to join
-
-  @property
-  def explicit(self) -> bool:
-    return self.num_processes is not None
-
-  def validate(self) -> None:
-    """Raises ValueError, with the fix, for settings that cannot start."""
-    if self.mode not in MODES:
-      raise ValueError(f'distributed must be one of {MODES}, got {self.mode!r}.')
-    named = (self.coordinator_address, self.num_processes, self.process_id)
-    if any(value is not None for value in named) and None in named:
-      raise ValueError('--coordinator_address, --num_processes and --process_id go together: '
-                       'set all three (or none, under SLURM or on a TPU VM).')
-    if self.explicit and self.mode == 'off':
-      raise ValueError('--distributed=off contradicts --num_processes: drop one of them.')
-    if self.explicit and not 0 <= self.process_id < self.num_processes:
-      raise ValueError(f'--process_id must be in 0..{self.num_processes - 1} '
-                       f'(--num_processes={self.num_processes}), got {self.process_id}.')
-    if self.explicit and ':' not in self.coordinator_address:
-      raise ValueError(f'--coordinator_address must be host:port, got '
-                       f'{self.coordinator_address!r}.')
-    if min(self.heartbeat_timeout, self.initialization_timeout) < 1:
-      raise ValueError('--heartbeat_timeout and --initialization_timeout must be at least 1 s.')
 
 
 def slurm_tasks(environ: Mapping[str, str]) -> int:
@@ -71,8 +37,8 @@ def slurm_tasks(environ: Mapping[str, str]) -> int:
 
 
 def should_start(config: ProcessConfig, environ: Mapping[str, str]) -> bool:
-  if config.mode != 'auto':
-    return config.mode == 'on'
+  if config.distributed != 'auto':
+    return config.distributed == 'on'
   return config.explicit or slurm_tasks(environ) > 1
 
 

@@ -17,6 +17,7 @@ import optax
 
 from alexnet_jax import parallel
 from alexnet_jax import preprocess
+from alexnet_jax.config import UserError
 
 
 def crop_probabilities(forward, params, images, normalizer) -> jax.Array:
@@ -45,16 +46,17 @@ def make_eval_step(model_config, mesh, normalizer: preprocess.Normalizer) -> Cal
   return eval_step
 
 
-def evaluate(eval_step, params, batches: Iterable[dict], num_steps: int) -> dict:
-  """Runs eval_step over num_steps batches; returns top1, top5, loss, num_examples."""
+def evaluate(eval_step, params, batches: Iterable[dict]) -> dict:
+  """Runs eval_step over every batch; returns top1, top5, loss, num_examples."""
   totals = None
-  for _, batch in zip(range(num_steps), batches):
-    sums = eval_step(params, batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  for batch in batches:
+    with jax.transfer_guard('disallow'):  # batches and parameters are on the devices
+      sums = eval_step(params, batch)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   examples = int(totals['examples'])
   if examples == 0:
-    raise ValueError('the evaluation split has no examples.')
+    raise UserError('the evaluation split has no examples.')
   return {'top1': float(totals['correct1']) / examples,
           'top5': float(totals['correct5']) / examples,
           'loss': float(totals['loss']) / examples, 'num_examples': examples}
@@ -62,12 +64,10 @@ def evaluate(eval_step, params, batches: Iterable[dict], num_steps: int) -> dict
 
 def evaluate_split(eval_step, params, data_config, global_batch: int, mesh) -> dict:
   """Evaluates data_config.eval_split through the input pipeline; adds the crop count."""
-  from alexnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-  _, readers = input_pipeline.data_readers(mesh)
-  steps = input_pipeline.eval_steps(data_config, global_batch // readers, readers)
+  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
   batches = input_pipeline.eval_batches(data_config, global_batch, mesh)
   with jax.set_mesh(mesh):
-    result = evaluate(eval_step, params, batches, steps)
+    result = evaluate(eval_step, params, batches)
   return dict(result, crops=data_config.eval_crops)
 
 

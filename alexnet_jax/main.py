@@ -1,4 +1,8 @@
-"""The one entry point: python -m alexnet_jax.main --flagfile=experiments/NAME.flags."""
+"""The one entry point: python -m alexnet_jax.main --flagfile=experiments/NAME.flags.
+
+Flags -> one Experiment (config.py), checked before anything is compiled or read ->
+jax.distributed and the mesh -> the mode. Only this module reads the flags.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,26 @@ import os
 import sys
 
 from absl import app
+from absl import flags
 from absl import logging
 import jax
 
-from alexnet_jax import config as flags_lib
+from alexnet_jax import config
 from alexnet_jax import distributed
+from alexnet_jax import flags as flag_definitions
 from alexnet_jax import parallel
-from alexnet_jax import visualize  # defines its flags before parsing
 
-# Errors that mean "the input is wrong", reported as one clear line, not a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+FLAGS = flag_definitions.define()
+
+
+def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> config.Experiment:
+  build = lambda config_class: flag_definitions.config_from(flag_values, config_class)
+  return config.Experiment.from_parts(
+      model=build(config.ModelConfig), data=build(config.DataConfig),
+      optimizer=build(config.OptimizerConfig), train=build(config.TrainConfig),
+      mesh=build(config.MeshConfig), processes=build(config.ProcessConfig),
+      run=build(config.RunConfig), benchmark=build(config.BenchmarkConfig),
+      visualize=build(config.VisualizeConfig))
 
 
 def _quiet_libraries() -> None:
@@ -27,75 +41,62 @@ def _quiet_libraries() -> None:
           part in record.pathname for part in noisy))
 
 
-def _validated():
-  """Every config the mode needs, checked before anything is compiled or read."""
-  mode = flags_lib.mode()
-  model_config = flags_lib.model_config()
-  needs_data = mode in ('train', 'eval', 'predict', 'visualize')
-  data_config = flags_lib.data_config() if needs_data else None
-  opt_config = flags_lib.optimizer_config()
-  train_config = flags_lib.train_config()
-  if needs_data and not flags_lib.WORKDIR.value:
-    raise ValueError(f'--mode={mode} needs --workdir (where checkpoints and metrics live).')
-  if mode == 'predict' and not flags_lib.IMAGE.value:
-    raise ValueError('--mode=predict needs --image=FILE[,FILE...].')
-  if flags_lib.DEMO_DATA.value and not flags_lib.MANUAL_DIR.value:
-    raise ValueError('--demo_data writes the demo tars into --manual_dir: set --manual_dir.')
-  if flags_lib.CPU_DEVICES.value:
-    jax.config.update('jax_num_cpu_devices', flags_lib.CPU_DEVICES.value)
-  distributed.initialize(flags_lib.process_config())  # before anything touches a device
-  shape = flags_lib.mesh_shape(jax.device_count(), model_config.towers)
-  return model_config, data_config, opt_config, train_config, shape
-
-
-def _write_demo_data() -> None:
-  from alexnet_jax import demo_data  # pylint: disable=import-outside-toplevel
-  manual_dir = flags_lib.MANUAL_DIR.value
+def _write_demo_data(manual_dir: str) -> None:
+  from alexnet_jax.data import demo_data  # pylint: disable=import-outside-toplevel
   if not all(os.path.exists(os.path.join(manual_dir, name))
              for name in (demo_data.TRAIN_TAR, demo_data.VAL_TAR)):
     logging.info('Writing the demo ImageNet tars into %s', manual_dir)
     demo_data.write_demo_imagenet(manual_dir)
 
 
-def _class_names(data_config) -> list[str]:
-  from alexnet_jax import demo_data, input_pipeline, predict  # pylint: disable=import-outside-toplevel
+def _class_names(data_config: config.DataConfig) -> list[str]:
+  from alexnet_jax import predict  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.data import demo_data, input_pipeline  # pylint: disable=import-outside-toplevel
   labels = input_pipeline.dataset_info(data_config)[3]
-  demo = ({c.synset: c.shape for c in demo_data.CLASSES} if flags_lib.DEMO_DATA.value else {})
+  demo = {c.synset: c.shape for c in demo_data.CLASSES} if data_config.demo_data else {}
   return predict.readable(labels, demo)
 
 
-def run(mode, model_config, data_config, opt_config, train_config, mesh) -> None:
-  workdir = flags_lib.WORKDIR.value
+def run(experiment: config.Experiment, mesh) -> None:
+  """Does what --mode says, on the mesh."""
+  mode, workdir = experiment.run.mode, experiment.run.workdir
+  model_config, data_config = experiment.model, experiment.data
   if mode == 'summary':
-    from alexnet_jax import summary, train  # pylint: disable=import-outside-toplevel
-    text = summary.run(model_config, mesh, train_config.batch_size, train.lower_train_step)
+    from alexnet_jax import train  # pylint: disable=import-outside-toplevel
+    from alexnet_jax.tools import summary  # pylint: disable=import-outside-toplevel
+    text = summary.run(model_config, mesh, experiment.train.batch_size, train.lower_train_step)
     if jax.process_index() == 0:
       print(text)
     return
-  if mode == 'visualize':
-    visualize.run_from_flags(model_config, data_config, opt_config, train_config, mesh)
-    return
   if mode == 'benchmark':
-    from alexnet_jax import benchmark  # pylint: disable=import-outside-toplevel
-    benchmark.run(model_config, opt_config, train_config, mesh, workdir,
-                  steps=flags_lib.BENCHMARK_STEPS.value, repeats=flags_lib.BENCHMARK_REPEATS.value,
-                  peak_tflops=flags_lib.PEAK_TFLOPS.value)
+    from alexnet_jax.tools import benchmark  # pylint: disable=import-outside-toplevel
+    benchmark.run(model_config, experiment.optimizer, experiment.train, mesh, workdir,
+                  experiment.benchmark)
     return
-  from alexnet_jax import evaluate, input_pipeline, train  # pylint: disable=import-outside-toplevel
-  if flags_lib.DEMO_DATA.value:
-    distributed.in_turn('demo_data', _write_demo_data)
+  if mode == 'visualize' and experiment.visualize.results:
+    from alexnet_jax.tools import visualize  # pylint: disable=import-outside-toplevel
+    visualize.write_results(experiment.visualize)
+    return
+  from alexnet_jax import evaluate, train  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  if data_config.demo_data:
+    distributed.in_turn('demo_data', lambda: _write_demo_data(data_config.manual_dir))
   if mode == 'train':
     # Every process checks for the tars first, so a missing one stops all of them at once.
     input_pipeline.check_sources(data_config)
     distributed.in_turn('prepare', lambda: input_pipeline.prepare(data_config))
-    train.train_and_evaluate(model_config, data_config, opt_config, train_config, mesh, workdir)
+    train.train_and_evaluate(model_config, data_config, experiment.optimizer, experiment.train,
+                             mesh, workdir)
     return
-  step, params = train.restore_params(model_config, opt_config, mesh, workdir,
-                                      flags_lib.CHECKPOINT_STEP.value)
+  if mode == 'visualize':
+    from alexnet_jax.tools import visualize  # pylint: disable=import-outside-toplevel
+    visualize.run_from_experiment(experiment, mesh)
+    return
+  step, params = train.restore_params(model_config, mesh, workdir, experiment.run.checkpoint_step)
   normalizer = input_pipeline.normalizer_for(data_config, workdir)
   if mode == 'eval':
     eval_step = evaluate.make_eval_step(model_config, mesh, normalizer)
-    result = evaluate.evaluate_split(eval_step, params, data_config, train_config.eval_batch,
+    result = evaluate.evaluate_split(eval_step, params, data_config, experiment.train.eval_batch,
                                      mesh)
     if jax.process_index() == 0:
       path = evaluate.write_result(workdir, data_config.eval_split, step, result)
@@ -103,7 +104,7 @@ def run(mode, model_config, data_config, opt_config, train_config, mesh) -> None
       print(f'Wrote {path}')
   elif mode == 'predict':
     from alexnet_jax import predict  # pylint: disable=import-outside-toplevel
-    paths = flags_lib.IMAGE.value
+    paths = experiment.run.image
     crops = input_pipeline.load_images_for_predict(paths, data_config)
     probs, classes = predict.top5(model_config, mesh, params, crops, normalizer)
     if jax.process_index() == 0:
@@ -111,24 +112,32 @@ def run(mode, model_config, data_config, opt_config, train_config, mesh) -> None
       print(predict.format_predictions(paths, probs, classes, _class_names(data_config)))
 
 
+def _fail(error: config.UserError) -> None:
+  logging.debug('Traceback of the error below:', exc_info=True)  # --verbosity=1 shows it
+  print(f'alexnet_jax: error: {error}', file=sys.stderr)
+  sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   _quiet_libraries()
   try:
-    model_config, data_config, opt_config, train_config, shape = _validated()
-  except ValueError as error:
+    experiment = experiment_from_flags()
+    experiment.validate()
+    if experiment.mesh.cpu_devices:
+      jax.config.update('jax_num_cpu_devices', experiment.mesh.cpu_devices)
+    distributed.initialize(experiment.processes)  # before anything touches a device
+    shape = experiment.mesh_shape(jax.device_count())
+  except config.UserError as error:
     raise app.UsageError(str(error)) from None
   mesh = parallel.make_mesh(shape)
-  mode = flags_lib.mode()
-  logging.info('mode=%s mesh=%s devices=%d x %s', mode, shape, jax.device_count(),
-               jax.devices()[0].device_kind)
+  logging.info('mode=%s mesh=%s devices=%d x %s', experiment.run.mode, shape,
+               jax.device_count(), jax.devices()[0].device_kind)
   try:
-    run(mode, model_config, data_config, opt_config, train_config, mesh)
-  except USER_ERRORS as error:
-    logging.debug('Traceback of the error below:', exc_info=True)  # --verbosity=1 shows it
-    print(f'alexnet_jax: error: {error}', file=sys.stderr)
-    sys.exit(1)
+    run(experiment, mesh)
+  except config.UserError as error:
+    _fail(error)
 
 
 if __name__ == '__main__':

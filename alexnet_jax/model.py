@@ -21,58 +21,18 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from alexnet_jax.config import ModelConfig
+
 # The paper's whole-net widths. The one-GPU ablation (footnote 2) halves conv1..conv4
 # but keeps conv5 and the fully-connected layers at full width, with no groups.
 PAPER_WIDTHS = {
     2: {'conv1': 96, 'conv2': 256, 'conv3': 384, 'conv4': 384, 'conv5': 256, 'fc6': 4096, 'fc7': 4096},
     1: {'conv1': 48, 'conv2': 128, 'conv3': 192, 'conv4': 192, 'conv5': 256, 'fc6': 4096, 'fc7': 4096},
 }
-PAPER_CROSSINGS = ('conv3', 'fc6', 'fc7', 'fc8')
-INIT_SCHEMES = ('paper', 'caffe', 'he')
-DTYPES = ('float32', 'bfloat16')
-
 # Local response normalization, paper section 3.3, in the paper's own convention:
 # b_i = a_i / (k + alpha * sum_{|j-i| <= n/2} a_j^2) ** beta, alpha NOT divided by n
 # (= tf.nn.local_response_normalization(depth_radius=2, bias=2, alpha=1e-4, beta=0.75)).
 LRN_K, LRN_N, LRN_ALPHA, LRN_BETA = 2.0, 5, 1e-4, 0.75
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """Everything that decides the network's shape and numerics."""
-  towers: int = 2                       # 2: the paper's net; 1: its one-GPU ablation
-  num_classes: int = 1000
-  image_size: int = 227                 # 224 is padded (0, 3) like cuda-convnet
-  width: float = 1.0                    # multiplies every layer's channels (tests, CPU demo)
-  lrn: bool = True
-  overlapping_pool: bool = True         # 3x3 stride 2 (paper) or 2x2 stride 2
-  dropout_rate: float = 0.5
-  dtype: str = 'float32'                # compute dtype; parameters stay float32
-  init: str = 'paper'                   # 'paper', 'caffe' or 'he' (see layer_init)
-  crossings: tuple[str, ...] = PAPER_CROSSINGS  # layers that read every tower
-
-  def validate(self) -> None:
-    """Raises ValueError with a fix for any setting the net cannot be built with."""
-    if self.towers not in PAPER_WIDTHS:
-      raise ValueError(f'towers must be 1 or 2, got {self.towers}: 2 is the paper\'s net, '
-                       '1 its one-GPU ablation.')
-    if self.dtype not in DTYPES:
-      raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}.')
-    if self.init not in INIT_SCHEMES:
-      raise ValueError(f'init must be one of {INIT_SCHEMES}, got {self.init!r}.')
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f'dropout_rate must be in [0, 1), got {self.dropout_rate}.')
-    if self.width <= 0:
-      raise ValueError(f'width must be positive, got {self.width}.')
-    if self.num_classes < 2:
-      raise ValueError(f'num_classes must be at least 2, got {self.num_classes}.')
-    allowed = {'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8'}
-    if not set(self.crossings) <= allowed or 'fc8' not in self.crossings:
-      raise ValueError(f'crossings must name layers among {sorted(allowed)} and include fc8 '
-                       f'(the classifier reads both towers), got {self.crossings}.')
-    if self.image_size < smallest_image_size(self):
-      raise ValueError(f'image_size {self.image_size} is too small: the feature map vanishes '
-                       f'before fc6. Use at least {smallest_image_size(self)}.')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,43 +10,13 @@ differ right after every learning-rate drop.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import optax
 from optax import contrib
 
-SCHEDULES = ('plateau', 'step', 'cosine', 'constant')
+from alexnet_jax.config import OptimizerConfig
+
 PAPER_BATCH = 128
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-  learning_rate: float = 0.01
-  momentum: float = 0.9
-  weight_decay: float = 5e-4
-  decay_biases: bool = False           # cuda-convnet2 decayed weights only
-  schedule: str = 'plateau'            # see SCHEDULES
-  linear_scaling: bool = False         # lr * batch / 128 (Goyal et al.)
-  warmup_steps: int = 0                # cosine: linear warm-up
-  step_every: int = 0                  # step: divide by 10 every this many steps
-  plateau_patience: int = 1            # plateau: evaluations without improvement
-  max_drops: int = 3                   # plateau: the paper divided by 10 three times
-
-  def validate(self) -> None:
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f'--schedule must be one of {SCHEDULES}, got {self.schedule!r}.')
-    if self.learning_rate <= 0:
-      raise ValueError(f'--learning_rate must be positive, got {self.learning_rate}.')
-    if not 0 <= self.momentum < 1:
-      raise ValueError(f'--momentum must be in [0, 1), got {self.momentum}.')
-    for name in ('weight_decay', 'warmup_steps', 'max_drops'):
-      if getattr(self, name) < 0:
-        raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}.')
-    if self.plateau_patience < 1:
-      raise ValueError(f'--plateau_patience must be at least 1, got {self.plateau_patience}.')
-    if self.schedule == 'step' and self.step_every < 1:
-      raise ValueError('--schedule=step needs --lr_step_every (steps between drops).')
 
 
 def peak_learning_rate(config: OptimizerConfig, batch_size: int) -> float:
@@ -58,7 +28,7 @@ def schedule(config: OptimizerConfig, batch_size: int, total_steps: int) -> opta
   """The step-based part of the learning rate (the plateau rule multiplies it)."""
   peak = peak_learning_rate(config, batch_size)
   if config.schedule == 'step':
-    return optax.exponential_decay(peak, config.step_every, 0.1, staircase=True)
+    return optax.exponential_decay(peak, config.lr_step_every, 0.1, staircase=True)
   if config.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, peak, config.warmup_steps,
                                               max(total_steps, config.warmup_steps + 1))

@@ -10,7 +10,7 @@ asks for (all-gather into conv3, fc6, fc7; a sum of partial logits into fc8).
 from __future__ import annotations
 
 import dataclasses
-import re
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -20,45 +20,7 @@ from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax import model as model_lib
-
-DATA, TOWER = 'data', 'tower'
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshShape:
-  data: int
-  tower: int
-
-  def __str__(self) -> str:
-    return f'data:{self.data},tower:{self.tower}'
-
-
-def parse_mesh(text: str) -> MeshShape:
-  """Parses 'data:D,tower:T' (either order)."""
-  match = re.fullmatch(r'\s*(\w+):(\d+)\s*,\s*(\w+):(\d+)\s*', text)
-  axes = dict(((match[1], int(match[2])), (match[3], int(match[4])))) if match else {}
-  if set(axes) != {DATA, TOWER} or min(axes.values()) < 1:
-    raise ValueError(f'--mesh must look like data:D,tower:T with positive sizes, got {text!r}.')
-  return MeshShape(axes[DATA], axes[TOWER])
-
-
-def default_mesh_shape(num_devices: int, towers: int) -> MeshShape:
-  """One tower per device (as in 2012) when the device count allows, else both per device."""
-  tower = 2 if towers == 2 and num_devices % 2 == 0 else 1
-  return MeshShape(num_devices // tower, tower)
-
-
-def check_mesh_shape(shape: MeshShape, num_devices: int, towers: int) -> None:
-  """Raises ValueError, with the fix, for a mesh this model cannot run on."""
-  if shape.tower not in (1, 2):
-    raise ValueError(f'the tower axis must be 1 or 2, got {shape.tower}.')
-  if shape.tower > towers:
-    raise ValueError(f'a tower axis of {shape.tower} needs the two-tower model; with '
-                     f'--towers={towers} use --mesh=data:{num_devices},tower:1.')
-  if shape.data * shape.tower != num_devices:
-    raise ValueError(f'--mesh={shape} needs {shape.data * shape.tower} devices but '
-                     f'{num_devices} are visible; use data * tower = {num_devices}.')
-
+from alexnet_jax.config import DATA, TOWER, MeshShape, ModelConfig
 
 def make_mesh(shape: MeshShape, devices=None) -> jax.sharding.Mesh:
   """The ('data', 'tower') mesh.
@@ -124,12 +86,12 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA))
 
 
-def abstract_params(config: model_lib.ModelConfig):
+def abstract_params(config: ModelConfig):
   """Shapes and partitioning names of the parameters, without computing them."""
   return jax.eval_shape(lambda: model_lib.init_params(config, jax.random.key(0)))
 
 
-def abstract_sharded_params(config: model_lib.ModelConfig, mesh):
+def abstract_sharded_params(config: ModelConfig, mesh):
   """ShapeDtypeStructs of the parameters with their shardings (lowering, restoring)."""
   boxed = abstract_params(config)
   return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
@@ -137,7 +99,7 @@ def abstract_sharded_params(config: model_lib.ModelConfig, mesh):
                       unboxed(boxed), param_shardings(boxed, mesh))
 
 
-def init_sharded_params(config: model_lib.ModelConfig, rng: jax.Array, mesh):
+def init_sharded_params(config: ModelConfig, rng: jax.Array, mesh):
   """Initializes the parameters directly in their shardings (no host copy of the net)."""
   abstract = abstract_params(config)
   shardings = param_shardings(abstract, mesh)
@@ -146,8 +108,11 @@ def init_sharded_params(config: model_lib.ModelConfig, rng: jax.Array, mesh):
   return init(rng)
 
 
-def sharded_forward(config: model_lib.ModelConfig, mesh, features: str | None = None) -> Callable:
+@functools.cache
+def sharded_forward(config: ModelConfig, mesh, features: str | None = None) -> Callable:
   """forward(params, images, dropout_rng=None, train=False) -> logits, as one shard_map.
+
+  One per (config, mesh, features), shared by every mode that runs the net.
 
   params carry the shardings of `param_shardings`, images `batch_sharding`; the logits
   come back split over 'data'. Take gradients of a loss of these logits from outside:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -25,10 +26,10 @@ from alexnet_jax import checkpoints as checkpoints_lib
 from alexnet_jax import distributed
 from alexnet_jax import evaluate as evaluate_lib
 from alexnet_jax import metrics as metrics_lib
-from alexnet_jax import model as model_lib
 from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import parallel
 from alexnet_jax import preprocess
+from alexnet_jax.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig, UserError
 
 
 @flax.struct.dataclass
@@ -37,24 +38,6 @@ class TrainState:
   params: Any
   opt_state: Any
   plateau: Any          # optax.contrib reduce_on_plateau state: the learning-rate scale
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  batch_size: int = 128
-  num_epochs: float = 90.0
-  num_train_steps: int = 0              # wins over num_epochs when > 0
-  eval_every_steps: int = 0             # 0: once per epoch
-  checkpoint_every_steps: int = 1000
-  log_every_steps: int = 50
-  keep_checkpoints: int = 3
-  eval_batch_size: int = 0              # 0: batch_size
-  profile_steps: int = 0                # trace this many steps (after 5 warm-up steps)
-  seed: int = 0
-
-  @property
-  def eval_batch(self) -> int:
-    return self.eval_batch_size or self.batch_size
 
 
 # jaxlib's CPU backend (0.10 to 0.12) hands convolutions, dots and reductions to YNNPACK;
@@ -67,7 +50,7 @@ CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
 CPU_COMPILER_OPTIONS_JAXLIBS = ('0.10.', '0.11.', '0.12.')
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The loss stopped being a finite number."""
 
 
@@ -77,67 +60,83 @@ def loss_fn(forward, params, images, labels, dropout_rng):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-class Trainer:
-  """The optimizer, schedules and jitted step for one configuration on one mesh."""
+def _state_from_params(tx, plateau, params) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    plateau=plateau.init(params))
 
-  def __init__(self, model_config: model_lib.ModelConfig,
-               opt_config: optimizer_lib.OptimizerConfig, mesh, *, batch_size: int,
-               total_steps: int, normalizer: preprocess.Normalizer, pca_std: float,
-               seed: int):
-    self.model_config, self.opt_config, self.mesh = model_config, opt_config, mesh
-    self.seed = seed
-    self.schedule = optimizer_lib.schedule(opt_config, batch_size, total_steps)
-    self.plateau = optimizer_lib.plateau_rule(opt_config)
-    self.tx = optimizer_lib.make(opt_config, parallel.abstract_sharded_params(model_config, mesh))
-    self._replicated = jax.sharding.NamedSharding(mesh, jax.P())
-    tuned_cpu = (mesh.devices.flat[0].platform == 'cpu'
-                 and jaxlib.__version__.startswith(CPU_COMPILER_OPTIONS_JAXLIBS))
-    self.step = jax.jit(self._step, donate_argnums=0,
-                        compiler_options=CPU_COMPILER_OPTIONS if tuned_cpu else None)
-    self._forward = parallel.sharded_forward(model_config, mesh)
-    self._normalizer = normalizer
-    self._pca_std = pca_std
 
-  def init_state(self, rng: jax.Array) -> TrainState:
-    params = parallel.init_sharded_params(self.model_config, rng, self.mesh)
-    return jax.jit(self._state_from_params)(params)
+def optimizer_of(model_config: ModelConfig, opt_config: OptimizerConfig, mesh):
+  """(the paper's SGD, the plateau rule) for this net's parameters."""
+  return (optimizer_lib.make(opt_config, parallel.abstract_sharded_params(model_config, mesh)),
+          optimizer_lib.plateau_rule(opt_config))
 
-  def _state_from_params(self, params) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.tx.init(params), plateau=self.plateau.init(params))
 
-  def abstract_state(self) -> TrainState:
-    """ShapeDtypeStructs with this mesh's shardings: the restore target."""
-    params = parallel.abstract_sharded_params(self.model_config, self.mesh)
-    shapes = jax.eval_shape(self._state_from_params, params)
-    shardings = jax.jit(self._state_from_params).lower(params).compile().output_shardings
-    return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                                                 sharding=sharding),
-                        shapes, shardings)
+def init_state(model_config: ModelConfig, opt_config: OptimizerConfig, mesh,
+               rng: jax.Array) -> TrainState:
+  """A fresh train state, made directly in its shardings on the mesh."""
+  tx, plateau = optimizer_of(model_config, opt_config, mesh)
+  params = parallel.init_sharded_params(model_config, rng, mesh)
+  return jax.jit(functools.partial(_state_from_params, tx, plateau))(params)
 
-  def learning_rate(self, state: TrainState) -> jax.Array:
-    return self.schedule(state.step) * state.plateau.scale
 
-  def _step(self, state: TrainState, batch: dict):
-    rng = jax.random.fold_in(jax.random.key(self.seed), state.step)
+def abstract_state(model_config: ModelConfig, opt_config: OptimizerConfig,
+                   mesh) -> TrainState:
+  """ShapeDtypeStructs with this mesh's shardings: the restore target (no computation)."""
+  tx, plateau = optimizer_of(model_config, opt_config, mesh)
+  make = jax.jit(functools.partial(_state_from_params, tx, plateau))
+  params = parallel.abstract_sharded_params(model_config, mesh)
+  shapes = jax.eval_shape(make, params)
+  shardings = make.lower(params).compile().output_shardings
+  return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                               sharding=sharding),
+                      shapes, shardings)
+
+
+def learning_rate(schedule, state: TrainState) -> jax.Array:
+  return schedule(state.step) * state.plateau.scale
+
+
+def make_train_step(model_config: ModelConfig, opt_config: OptimizerConfig, mesh, *,
+                    batch_size: int, total_steps: int, normalizer: preprocess.Normalizer,
+                    pca_std: float, seed: int):
+  """step(state, batch) -> (state, {'loss', 'learning_rate'}), jitted, the state donated.
+
+  The RNG of step N is fold_in(seed, N): PCA noise and dropout follow the step alone.
+  """
+  tx, _ = optimizer_of(model_config, opt_config, mesh)
+  schedule = optimizer_lib.schedule(opt_config, batch_size, total_steps)
+  forward = parallel.sharded_forward(model_config, mesh)
+
+  def step(state: TrainState, batch: dict):
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
     pca_rng, dropout_rng = jax.random.split(rng)
-    images = self._normalizer(batch['images'], pca_std=self._pca_std, rng=pca_rng)
+    images = normalizer(batch['images'], pca_std=pca_std, rng=pca_rng)
     loss, grads = jax.value_and_grad(
-        lambda p: loss_fn(self._forward, p, images, batch['labels'], dropout_rng))(state.params)
-    learning_rate = self.learning_rate(state)
+        lambda p: loss_fn(forward, p, images, batch['labels'], dropout_rng))(state.params)
+    rate = learning_rate(schedule, state)
     opt_state = state.opt_state._replace(
-        hyperparams={**state.opt_state.hyperparams, 'learning_rate': learning_rate})
-    updates, opt_state = self.tx.update(grads, opt_state, state.params)
+        hyperparams={**state.opt_state.hyperparams, 'learning_rate': rate})
+    updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, {'loss': loss, 'learning_rate': learning_rate}
+    return new_state, {'loss': loss, 'learning_rate': rate}
 
-  def after_eval(self, state: TrainState, top1: float) -> TrainState:
-    """Feeds the validation error to the plateau rule (paper: divide by 10 on a plateau)."""
-    if self.opt_config.schedule != 'plateau':
-      return state
-    _, plateau = self.plateau.update(updates={}, state=state.plateau, value=1.0 - top1)
-    return state.replace(plateau=jax.device_put(plateau, self._replicated))
+  # The option is experimental: only the jaxlibs it was measured on get it.
+  tuned_cpu = (mesh.devices.flat[0].platform == 'cpu'
+               and jaxlib.__version__.startswith(CPU_COMPILER_OPTIONS_JAXLIBS))
+  return jax.jit(step, donate_argnums=0,
+                 compiler_options=CPU_COMPILER_OPTIONS if tuned_cpu else None)
+
+
+def after_eval(opt_config: OptimizerConfig, state: TrainState, top1: float,
+               mesh) -> TrainState:
+  """Feeds the validation error to the plateau rule (paper: divide by 10 on a plateau)."""
+  if opt_config.schedule != 'plateau':
+    return state
+  plateau = optimizer_lib.plateau_rule(opt_config)
+  _, plateau_state = plateau.update(updates={}, state=state.plateau, value=1.0 - top1)
+  return state.replace(plateau=jax.device_put(plateau_state,
+                                              jax.sharding.NamedSharding(mesh, jax.P())))
 
 
 class _Profiler:
@@ -172,17 +171,18 @@ def _check_finite(value: float, step: int, checkpoints: checkpoints_lib.Checkpoi
         '--learning_rate, try --init=he, or check the input data.')
 
 
-def train_and_evaluate(model_config, data_config, opt_config, train_config: TrainConfig,
-                       mesh, workdir: str) -> dict | None:
+def train_and_evaluate(model_config: ModelConfig, data_config: DataConfig,
+                       opt_config: OptimizerConfig, train_config: TrainConfig, mesh,
+                       workdir: str) -> dict | None:
   """Trains (resuming from the newest checkpoint in workdir) and evaluates.
 
   Returns the last evaluation result; None if stopped by SIGTERM, or if the checkpoint
   it resumed from was already the last step.
   """
-  from alexnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
   num_classes, num_train, _, _ = input_pipeline.dataset_info(data_config)
   if num_classes != model_config.num_classes:
-    raise ValueError(f'{data_config.dataset} has {num_classes} classes but the model has '
+    raise UserError(f'{data_config.dataset} has {num_classes} classes but the model has '
                      f'{model_config.num_classes}: set --num_classes={num_classes}.')
   batch = train_config.batch_size
   steps_per_epoch = max(1, num_train // batch)
@@ -191,9 +191,9 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
   # Process 0 computes a missing pixel mean image; the others then read its file.
   distributed.in_turn('mean', lambda: input_pipeline.normalizer_for(data_config, workdir))
   normalizer = input_pipeline.normalizer_for(data_config, workdir)
-  trainer = Trainer(model_config, opt_config, mesh, batch_size=batch, total_steps=total,
-                    normalizer=normalizer, pca_std=data_config.pca_std,
-                    seed=train_config.seed)
+  train_step = make_train_step(model_config, opt_config, mesh, batch_size=batch,
+                               total_steps=total, normalizer=normalizer,
+                               pca_std=data_config.pca_std, seed=train_config.seed)
   eval_step = evaluate_lib.make_eval_step(model_config, mesh, normalizer)
 
   with contextlib.ExitStack() as cleanup:
@@ -202,9 +202,9 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
     cleanup.callback(checkpoints.close)
     writer = metrics_lib.MetricsWriter(workdir)
     cleanup.callback(writer.close)
-    state = checkpoints.restore(trainer.abstract_state())
+    state = checkpoints.restore(abstract_state(model_config, opt_config, mesh))
     if state is None:
-      state = trainer.init_state(jax.random.key(train_config.seed))
+      state = init_state(model_config, opt_config, mesh, jax.random.key(train_config.seed))
     first = int(state.step)
     logging.info('Training steps %d..%d (%d per epoch), batch %d, on mesh %s.',
                  first, total, steps_per_epoch, batch, dict(mesh.shape))
@@ -236,8 +236,11 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
         logging.warning('Stopped at step %d after SIGTERM; checkpoint saved.', step)
         return None
       profiler.at_step(step)
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, metrics = trainer.step(state, next(batches))
+      batch = next(batches)
+      # Everything the step needs is on the devices already: any hidden copy is an error.
+      with jax.profiler.StepTraceAnnotation('train', step_num=step), \
+          jax.transfer_guard('disallow'):
+        state, metrics = train_step(state, batch)
       flush()  # the previous step's loss, read while this step runs
       pending = (step, metrics)
       done = step + 1
@@ -256,11 +259,11 @@ def train_and_evaluate(model_config, data_config, opt_config, train_config: Trai
         result = evaluate_lib.evaluate_split(eval_step, state.params, data_config,
                                              train_config.eval_batch, mesh)
         _record_eval(result, done, steps_per_epoch, data_config, writer, workdir)
-        state = trainer.after_eval(state, result['top1'])
+        state = after_eval(opt_config, state, result['top1'], mesh)
       if evaluating or done % train_config.checkpoint_every_steps == 0:
         save(done, {'top1': result['top1']} if evaluating else None)
   if jax.process_index() == 0:
-    from alexnet_jax import figures  # pylint: disable=import-outside-toplevel
+    from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
     figures.learning_curves([workdir], f'{workdir}/learning_curves.png')
   return result
 
@@ -274,18 +277,20 @@ def _record_eval(result, step, steps_per_epoch, data_config, writer, workdir) ->
     logging.info('eval at step %d: %s', step, evaluate_lib.result_summary(result))
 
 
-def restore_params(model_config, opt_config, mesh, workdir: str, step: int | None = None):
-  """(step, params) of the newest checkpoint in workdir (or of `step`), laid out on mesh."""
+def restore_params(model_config: ModelConfig, mesh, workdir: str, step: int | None = None):
+  """(step, params) of the newest checkpoint in workdir (or of `step`), laid out on mesh.
+
+  Reads the parameters alone: the optimizer's state (as large again) stays on disk.
+  """
   checkpoints = checkpoints_lib.Checkpoints(workdir, dataclasses.asdict(model_config),
                                             read_only=True)
   try:
-    trainer = Trainer(model_config, opt_config, mesh, batch_size=1, total_steps=1,
-                      normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN), pca_std=0.0,
-                      seed=0)
-    state = checkpoints.restore(trainer.abstract_state(), step)
+    target = {'step': jax.ShapeDtypeStruct((), jnp.int32),
+              'params': parallel.abstract_sharded_params(model_config, mesh)}
+    state = checkpoints.restore(target, step, partial=True)
     if state is None:
       raise checkpoints.none_error()
-    return int(state.step), state.params
+    return int(state['step']), state['params']
   finally:
     checkpoints.close()
 
@@ -301,15 +306,16 @@ def _checked_loss(step, metrics, checkpoints) -> float:
   return loss
 
 
-def lower_train_step(config: model_lib.ModelConfig, mesh, global_batch: int):
+def lower_train_step(config: ModelConfig, mesh, global_batch: int):
   """The jitted training step lowered for abstract inputs on `mesh` (no data, no compute)."""
-  trainer = Trainer(config, optimizer_lib.OptimizerConfig(), mesh, batch_size=global_batch,
-                    total_steps=1, normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN),
-                    pca_std=0.1, seed=0)
+  opt_config = OptimizerConfig()
+  step = make_train_step(config, opt_config, mesh, batch_size=global_batch, total_steps=1,
+                         normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN),
+                         pca_std=0.1, seed=0)
   size = config.image_size
   data = parallel.batch_sharding(mesh)
   batch = {'images': jax.ShapeDtypeStruct((global_batch, size, size, 3), jnp.uint8,
                                           sharding=data),
            'labels': jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=data)}
   with jax.set_mesh(mesh):
-    return trainer.step.lower(trainer.abstract_state(), batch)
+    return step.lower(abstract_state(config, opt_config, mesh), batch)

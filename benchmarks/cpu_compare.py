@@ -10,12 +10,12 @@ its spread, its ratio to the first variant, and the CPU-seconds per image of its
 (the work done, which other jobs' load disturbs far less than the wall time).
 
   python benchmarks/cpu_compare.py --image_size=99 --batch_size=64 --variants=jax,torch --quiet=0.1
-  python benchmarks/cpu_compare.py --variants=jax,jax_ynn_default,jax_two_devices --profile_steps=2
+  python benchmarks/cpu_compare.py --variants=jax,jax_two_devices --profile_steps=2
 
 Variants (VARIANTS below): `torch` is benchmarks/pytorch_alexnet.py; every `jax*` one is
-the training step of `--mode=benchmark` (alexnet_jax.benchmark.StepTimer) with XLA flags,
-a CPU device count and mesh, other compiler options or an alternative formulation from
-cpu_variants.py patched in.
+the training step of `--mode=benchmark` (alexnet_jax.tools.benchmark.StepTimer) with XLA
+flags or a CPU device count and mesh. The formulations and compiler options tried once
+(and why none but one was kept) are recorded in docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ class Variant:
   kind: str = 'jax'                 # 'jax' or 'torch'
   xla_flags: str = ''               # added to XLA_FLAGS
   mesh: tuple[int, int] = (1, 1)    # (data, tower) over that many forced CPU devices
-  patches: tuple[str, ...] = ()     # names in cpu_variants.PATCHES
 
 
 VARIANTS = {
@@ -47,10 +46,6 @@ VARIANTS = {
     # Placement: the towers (or the batch halves) on two CPU devices, one per core.
     'jax_two_devices': Variant(mesh=(1, 2)),
     'jax_two_devices_data': Variant(mesh=(2, 1)),
-    # Which library runs what (train.CPU_COMPILER_OPTIONS replaced).
-    'jax_ynn_default': Variant(patches=('ynn_default',)),  # before: YNNPACK convolutions too
-    'jax_ynn_reduce_only': Variant(patches=('ynn_reduce_only',)),  # dots through Eigen too
-    'jax_ynn_eltwise': Variant(patches=('ynn_eltwise',)),
     # XLA CPU flags.
     'jax_onednn': Variant(xla_flags='--xla_cpu_use_onednn=true'),
     'jax_no_xnnpack': Variant(xla_flags='--xla_cpu_use_xnnpack=false'),
@@ -59,13 +54,6 @@ VARIANTS = {
     'jax_xnn_graph': Variant(xla_flags='--xla_cpu_experimental_xnn_graph_fusion_mode='
                              'XNN_GRAPH_FUSION_MODE_GREEDY_SLINKY'),
     'jax_fast_math': Variant(xla_flags='--xla_cpu_enable_fast_math=true'),
-    # Formulations (cpu_variants.py).
-    'jax_space_to_depth': Variant(patches=('space_to_depth',)),
-    'jax_lrn_banded': Variant(patches=('lrn_banded',)),
-    'jax_lrn_shifts': Variant(patches=('lrn_shifts',)),
-    'jax_pool_slices': Variant(patches=('pool_slices',)),
-    'jax_dense_batched': Variant(patches=('dense_batched',)),
-    'jax_nchw': Variant(patches=('nchw',)),
 }
 
 
@@ -81,13 +69,12 @@ def _worker(name: str, args) -> None:
   else:
     import jax  # pylint: disable=import-outside-toplevel
     # pylint: disable-next=import-outside-toplevel
-    from alexnet_jax import benchmark, optimizer, parallel
-    import cpu_variants  # pylint: disable=import-outside-toplevel
-    cpu_variants.apply(variant.patches)
+    from alexnet_jax import config as config_lib, parallel
+    from alexnet_jax.tools import benchmark  # pylint: disable=import-outside-toplevel
     devices = variant.mesh[0] * variant.mesh[1]
     jax.config.update('jax_num_cpu_devices', devices)
-    mesh = parallel.make_mesh(parallel.MeshShape(*variant.mesh), jax.devices()[:devices])
-    bench = benchmark.StepTimer(_config(args), optimizer.OptimizerConfig(), mesh,
+    mesh = parallel.make_mesh(config_lib.MeshShape(*variant.mesh), jax.devices()[:devices])
+    bench = benchmark.StepTimer(_config(args), config_lib.OptimizerConfig(), mesh,
                                 args.batch_size)
     compile_seconds, version = bench.compile_seconds, f'jax {jax.__version__}'
   bench.time(args.warmup)
@@ -106,9 +93,9 @@ def _worker(name: str, args) -> None:
 
 
 def _config(args):
-  from alexnet_jax import model  # pylint: disable=import-outside-toplevel
-  config = model.ModelConfig(towers=args.towers, num_classes=args.num_classes,
-                             image_size=args.image_size, width=args.width)
+  from alexnet_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.ModelConfig(towers=args.towers, num_classes=args.num_classes,
+                                  image_size=args.image_size, width=args.width)
   config.validate()
   return config
 
@@ -220,7 +207,7 @@ def main() -> None:
   cpu_per_image = {name: statistics.median(cpu_seconds[name]) / (args.steps * args.batch_size)
                    for name in names}
   base = names[0]
-  from alexnet_jax import benchmark  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.tools import benchmark  # pylint: disable=import-outside-toplevel
   host = benchmark.cpu_model()
   print(f"{host}, {os.cpu_count()} cores; {', '.join(sorted(versions))}")
   print(f'{args.image_size}x{args.image_size}, batch {args.batch_size}, width {args.width}, '

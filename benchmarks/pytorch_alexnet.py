@@ -35,6 +35,7 @@ from torch import nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from alexnet_jax import config as config_lib
 from alexnet_jax import model as model_lib  # pylint: disable=wrong-import-position
 from alexnet_jax import preprocess  # pylint: disable=wrong-import-position
 
@@ -52,7 +53,7 @@ class TowerLRN(nn.Module):
     return torch.cat([self.lrn(part) for part in x.chunk(self.towers, dim=1)], dim=1)
 
 
-def alexnet(config: model_lib.ModelConfig) -> nn.Sequential:
+def alexnet(config: config_lib.ModelConfig) -> nn.Sequential:
   """The net of `config` (paper crossings) as one PyTorch model over both towers."""
   if tuple(config.crossings) != model_lib.PAPER_CROSSINGS:
     raise ValueError('only the paper\'s crossings (conv3, fc6, fc7, fc8) are built here.')
@@ -92,7 +93,7 @@ def alexnet(config: model_lib.ModelConfig) -> nn.Sequential:
 class TorchStep:
   """The training step on synthetic uint8 batches made once; `time(steps)` times it."""
 
-  def __init__(self, config: model_lib.ModelConfig, batch_size: int, *, seed: int = 0,
+  def __init__(self, config: config_lib.ModelConfig, batch_size: int, *, seed: int = 0,
                pca_std: float = 0.1, learning_rate: float = 0.01):
     if config.dtype != 'float32':
       raise ValueError('the PyTorch reference runs float32 only.')
@@ -139,7 +140,7 @@ def check_same_net() -> None:
   check lives here rather than in the test suite).
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
-  net = alexnet(model_lib.ModelConfig())
+  net = alexnet(config_lib.ModelConfig())
   assert sum(p.numel() for p in net.parameters()) == 60_965_224
   assert net(torch.zeros(1, 3, 227, 227)).shape == (1, 1000)
   # LRN within each tower's 48 channels, in the paper's convention.
@@ -161,7 +162,7 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=10, help='steps per timed window')
   parser.add_argument('--repeats', type=int, default=5, help='timed windows')
   args = parser.parse_args()
-  config = model_lib.ModelConfig(towers=args.towers, num_classes=args.num_classes,
+  config = config_lib.ModelConfig(towers=args.towers, num_classes=args.num_classes,
                                  image_size=args.image_size, width=args.width)
   config.validate()
   bench = TorchStep(config, args.batch_size)

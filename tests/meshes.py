@@ -7,15 +7,16 @@ import jax
 import numpy as np
 import optax
 
+from alexnet_jax import config as config_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 
-TINY = model_lib.ModelConfig(num_classes=10, image_size=67, width=0.125, init='he')
+TINY = config_lib.ModelConfig(num_classes=10, image_size=67, width=0.125, init='he')
 BATCH = 8
 
 
 def mesh(data: int, tower: int) -> jax.sharding.Mesh:
-  return parallel.make_mesh(parallel.MeshShape(data, tower), jax.devices()[:data * tower])
+  return parallel.make_mesh(config_lib.MeshShape(data, tower), jax.devices()[:data * tower])
 
 
 @functools.cache

@@ -9,14 +9,10 @@ import subprocess
 import sys
 
 import jax
-from jax import lax
-import numpy as np
 import pytest
 
-from alexnet_jax import benchmark
-from alexnet_jax import model as model_lib
-from alexnet_jax import optimizer
-from alexnet_jax import train
+from alexnet_jax.tools import benchmark
+from alexnet_jax import config as config_lib
 from tests import meshes
 from tests.cli import ROOT
 
@@ -34,16 +30,17 @@ PAPER_MACS = 724_406_816  # ALEXNET.md
 
 
 def test_flops_follow_the_stated_convention():
-  assert benchmark.flops_per_trained_image(model_lib.ModelConfig()) == 6 * PAPER_MACS
+  assert benchmark.flops_per_trained_image(config_lib.ModelConfig()) == 6 * PAPER_MACS
   assert benchmark.flops_per_trained_image(meshes.TINY) == 6 * TINY_MACS
 
 
 @pytest.mark.parametrize('shape, profile_steps', [((1, 1), 1), ((2, 2), 0)])
 def test_benchmark_writes_sane_json(tmp_path, shape, profile_steps):
   mesh = meshes.mesh(*shape)
-  train_config = train.TrainConfig(batch_size=meshes.BATCH, profile_steps=profile_steps)
-  benchmark.run(meshes.TINY, optimizer.OptimizerConfig(), train_config, mesh, str(tmp_path),
-                steps=1, repeats=2, peak_tflops=1.0)
+  train_config = config_lib.TrainConfig(batch_size=meshes.BATCH, profile_steps=profile_steps)
+  benchmark.run(meshes.TINY, config_lib.OptimizerConfig(), train_config, mesh, str(tmp_path),
+                config_lib.BenchmarkConfig(benchmark_steps=1, benchmark_repeats=2,
+                                           peak_tflops=1.0))
   with open(tmp_path / 'benchmark.json') as f:
     result = json.load(f)
   rates = result['images_per_second_windows']
@@ -84,31 +81,3 @@ def test_benchmark_mode_needs_no_tensorflow(tmp_path):
   assert result.returncode == 0, result.stderr
   assert 'images/s' in result.stdout
   assert os.path.exists(tmp_path / 'benchmark.json')
-
-
-def test_the_formulations_timed_against_the_model_compute_the_same():
-  from benchmarks import cpu_variants  # pylint: disable=import-outside-toplevel
-  key = jax.random.key(0)
-  activations = jax.nn.relu(30 * jax.random.normal(key, (2, 11, 11, 48)))
-  want = model_lib.local_response_norm(activations)
-  for lrn in (cpu_variants.lrn_shifts, cpu_variants.lrn_banded):
-    np.testing.assert_allclose(lrn(activations), want, rtol=1e-6)
-  np.testing.assert_array_equal(cpu_variants.pool_slices(activations, meshes.TINY),
-                                model_lib.max_pool(activations, meshes.TINY))
-  kernel = jax.random.normal(key, (11, 11, 3, 8))
-  numbers = ('NHWC', 'HWIO', 'NHWC')
-  for size, pad in ((99, 0), (224, 3)):  # 224: cuda-convnet's (0, 3) padding
-    images = jax.random.normal(key, (2, size, size, 3))
-    args = ((4, 4), ((0, pad), (0, pad)))
-    want = lax.conv_general_dilated(images, kernel, *args, dimension_numbers=numbers)
-    for conv in (cpu_variants.space_to_depth_conv, cpu_variants.nchw_conv):
-      np.testing.assert_allclose(conv(images, kernel, *args, dimension_numbers=numbers), want,
-                                 rtol=1e-4, atol=1e-4)
-  fc7 = model_lib.layer_specs(meshes.TINY)[6]
-  inputs = [jax.random.normal(key, (4, fc7.in_features))] * 2
-  layer = model_lib.TowerLayer(fc7, meshes.TINY, 2)
-  params = layer.init(key, inputs)
-  for got, want in zip(cpu_variants._BatchedTowerLayer(fc7, meshes.TINY, 2).apply(params, inputs),
-                       layer.apply(params, inputs)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-

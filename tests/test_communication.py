@@ -7,7 +7,8 @@ import jax
 import optax
 import pytest
 
-from alexnet_jax import communication
+from alexnet_jax.tools import communication
+from alexnet_jax import config as config_lib
 from alexnet_jax import parallel
 from tests import meshes
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from alexnet_jax import demo_data
+from alexnet_jax.data import demo_data
 
 
 def _read_train(path):

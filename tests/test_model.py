@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alexnet_jax import config as config_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from tests import reference
 
-PAPER = model_lib.ModelConfig()
+PAPER = config_lib.ModelConfig()
 
 
 def test_paper_parameter_count():
@@ -81,7 +82,7 @@ def test_lrn_matches_the_paper_formula_including_tower_edges():
 
 
 def test_lrn_does_not_mix_towers():
-  config = model_lib.ModelConfig(num_classes=4, image_size=67, width=0.125, init='he')
+  config = config_lib.ModelConfig(num_classes=4, image_size=67, width=0.125, init='he')
   params = nn.unbox(model_lib.init_params(config, jax.random.key(0)))
   x = jax.random.normal(jax.random.key(1), (2, 67, 67, 3))
   net = model_lib.AlexNet(config)
@@ -95,9 +96,9 @@ def test_lrn_does_not_mix_towers():
   assert not np.allclose(changed[1], base[1])
 
 
-@pytest.mark.parametrize('scheme', model_lib.INIT_SCHEMES)
+@pytest.mark.parametrize('scheme', config_lib.INIT_SCHEMES)
 def test_init_schemes(scheme):
-  config = model_lib.ModelConfig(init=scheme, width=0.25, image_size=67, num_classes=10)
+  config = config_lib.ModelConfig(init=scheme, width=0.25, image_size=67, num_classes=10)
   params = nn.unbox(model_lib.init_params(config, jax.random.key(0)))
   ones = {'conv2', 'conv4', 'conv5', 'fc6', 'fc7'}
   for name, layer in params.items():

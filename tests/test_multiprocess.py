@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from alexnet_jax import config as config_lib
 from alexnet_jax import distributed
 from alexnet_jax import metrics
 from tests import cli
@@ -184,11 +185,11 @@ def test_a_killed_process_stops_the_other_with_an_error(demo, tmp_path, killed):
 
 
 @pytest.mark.parametrize('config, environ, starts', [
-    (distributed.ProcessConfig(), {}, False),
-    (distributed.ProcessConfig(coordinator_address='localhost:1234', num_processes=2,
+    (config_lib.ProcessConfig(), {}, False),
+    (config_lib.ProcessConfig(coordinator_address='localhost:1234', num_processes=2,
                                process_id=1), {}, True),
-    (distributed.ProcessConfig(mode='on'), {}, True),
-    (distributed.ProcessConfig(mode='off'), {'SLURM_NTASKS': '8'}, False),
+    (config_lib.ProcessConfig(distributed='on'), {}, True),
+    (config_lib.ProcessConfig(distributed='off'), {'SLURM_NTASKS': '8'}, False),
 ])
 def test_when_jax_distributed_starts(config, environ, starts):
   assert distributed.should_start(config, environ) == starts
@@ -198,10 +199,10 @@ def test_when_jax_distributed_starts(config, environ, starts):
 def test_a_slurm_job_step_of_several_tasks_starts_jax_distributed(tasks, starts):
   step = dict(SLURM_JOB_ID='42', SLURM_STEP_NODELIST='gpu[01-02]', SLURM_NTASKS=tasks,
               SLURM_PROCID='0', SLURM_LOCALID='0')
-  assert distributed.should_start(distributed.ProcessConfig(), step) == starts
+  assert distributed.should_start(config_lib.ProcessConfig(), step) == starts
   # Outside a job step (no SLURM_STEP_NODELIST) nothing starts.
   without_step = {k: v for k, v in step.items() if k != 'SLURM_STEP_NODELIST'}
-  assert not distributed.should_start(distributed.ProcessConfig(), without_step)
+  assert not distributed.should_start(config_lib.ProcessConfig(), without_step)
 
 
 @pytest.mark.parametrize('fields, message', [
@@ -213,7 +214,7 @@ def test_a_slurm_job_step_of_several_tasks_starts_jax_distributed(tasks, starts)
 ])
 def test_process_flags_that_cannot_start_are_refused(fields, message):
   with pytest.raises(ValueError, match=message):
-    distributed.ProcessConfig(**fields).validate()
+    config_lib.ProcessConfig(**fields).validate()
 
 
 def test_a_tower_pair_split_over_two_processes_reads_one_part_of_the_data(demo, tmp_path):
@@ -252,7 +253,7 @@ class _Mesh:
 def test_processes_holding_the_same_data_rows_read_the_same_part(processes, readers,
                                                                  monkeypatch):
   import jax  # pylint: disable=import-outside-toplevel
-  from alexnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
   for process, expected in readers.items():
     monkeypatch.setattr(jax, 'process_index', lambda process=process: process)
     assert input_pipeline.data_readers(_Mesh(processes)) == expected

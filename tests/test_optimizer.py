@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+from alexnet_jax import config as config_lib
 from alexnet_jax import optimizer
 
 PARAMS = {'layer': {'kernel': jnp.array([1.0, -2.0, 0.5]), 'bias': jnp.array([0.3])}}
@@ -34,7 +35,7 @@ def test_paper_update_rule_across_a_learning_rate_drop():
     vb = 0.9 * vb - lr * np.asarray(g['layer']['bias'])
     w, b = w + vw, b + vb
     expected.append((w.copy(), b.copy()))
-  got = _run(optimizer.make(optimizer.OptimizerConfig(), PARAMS), RATES)
+  got = _run(optimizer.make(config_lib.OptimizerConfig(), PARAMS), RATES)
   for (want_w, want_b), params in zip(expected, got):
     np.testing.assert_allclose(params['layer']['kernel'], want_w, rtol=1e-6)
     np.testing.assert_allclose(params['layer']['bias'], want_b, rtol=1e-6)
@@ -42,15 +43,15 @@ def test_paper_update_rule_across_a_learning_rate_drop():
 
 def test_plain_optax_sgd_differs_after_the_drop():
   # optax.sgd keeps lr outside the velocity: identical until the drop, different after.
-  ours = _run(optimizer.make(optimizer.OptimizerConfig(weight_decay=0.0), PARAMS), RATES)
+  ours = _run(optimizer.make(config_lib.OptimizerConfig(weight_decay=0.0), PARAMS), RATES)
   theirs = _run(optax.inject_hyperparams(optax.sgd)(learning_rate=0.01, momentum=0.9), RATES)
   np.testing.assert_allclose(ours[1]['layer']['kernel'], theirs[1]['layer']['kernel'], rtol=1e-6)
   assert not np.allclose(ours[2]['layer']['kernel'], theirs[2]['layer']['kernel'], rtol=1e-4)
 
 
 def test_decay_biases_flag():
-  config = optimizer.OptimizerConfig(decay_biases=True, momentum=0.0)
-  tx = optimizer.make(config, PARAMS)
+  opt_config = config_lib.OptimizerConfig(decay_biases=True, momentum=0.0)
+  tx = optimizer.make(opt_config, PARAMS)
   state = tx.init(PARAMS)
   zero = {'layer': {'kernel': jnp.zeros(3), 'bias': jnp.zeros(1)}}
   updates, _ = tx.update(zero, state, PARAMS)
@@ -58,8 +59,8 @@ def test_decay_biases_flag():
 
 
 def test_plateau_rule_divides_by_ten_at_most_three_times():
-  config = optimizer.OptimizerConfig(plateau_patience=1)
-  rule = optimizer.plateau_rule(config)
+  opt_config = config_lib.OptimizerConfig(plateau_patience=1)
+  rule = optimizer.plateau_rule(opt_config)
   state = rule.init(PARAMS)
   scales = []
   for error in [0.9, 0.8, 0.8, 0.8, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]:
@@ -71,13 +72,13 @@ def test_plateau_rule_divides_by_ten_at_most_three_times():
 
 
 def test_schedules():
-  step = optimizer.schedule(optimizer.OptimizerConfig(schedule='step', step_every=10), 128, 100)
+  step = optimizer.schedule(config_lib.OptimizerConfig(schedule='step', lr_step_every=10), 128, 100)
   assert float(step(9)) == pytest.approx(0.01) and float(step(10)) == pytest.approx(0.001)
   cosine = optimizer.schedule(
-      optimizer.OptimizerConfig(schedule='cosine', warmup_steps=10, linear_scaling=True),
+      config_lib.OptimizerConfig(schedule='cosine', warmup_steps=10, linear_scaling=True),
       1024, 110)
   assert float(cosine(10)) == pytest.approx(0.08)  # 0.01 x 1024 / 128 at the end of warm-up
   assert float(cosine(5)) == pytest.approx(0.04)
   assert float(cosine(110)) == pytest.approx(0.0, abs=1e-7)
   with pytest.raises(ValueError, match='lr_step_every'):
-    optimizer.OptimizerConfig(schedule='step').validate()
+    config_lib.OptimizerConfig(schedule='step').validate()

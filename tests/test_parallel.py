@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+from alexnet_jax import config as config_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from tests import meshes
@@ -99,24 +100,25 @@ def test_dropout_masks_differ_between_towers():
 
 
 def test_mesh_parsing_and_defaults():
-  assert parallel.parse_mesh('data:4,tower:2') == parallel.MeshShape(4, 2)
-  assert parallel.parse_mesh('tower:1, data:3') == parallel.MeshShape(3, 1)
-  assert parallel.default_mesh_shape(8, towers=2) == parallel.MeshShape(4, 2)
-  assert parallel.default_mesh_shape(3, towers=2) == parallel.MeshShape(3, 1)
-  assert parallel.default_mesh_shape(8, towers=1) == parallel.MeshShape(8, 1)
+  mesh = lambda text=None: config_lib.MeshConfig(mesh=text)
+  assert mesh('data:4,tower:2').parsed() == config_lib.MeshShape(4, 2)
+  assert mesh('tower:1, data:3').parsed() == config_lib.MeshShape(3, 1)
+  assert mesh().shape(8, towers=2) == config_lib.MeshShape(4, 2)
+  assert mesh().shape(3, towers=2) == config_lib.MeshShape(3, 1)
+  assert mesh().shape(8, towers=1) == config_lib.MeshShape(8, 1)
   for text in ('data:2', 'data:2,model:2', 'data:0,tower:1', '2x2'):
-    with pytest.raises(ValueError, match='data:D,tower:T'):
-      parallel.parse_mesh(text)
+    with pytest.raises(config_lib.UserError, match='data:D,tower:T'):
+      mesh(text).parsed()
 
 
-@pytest.mark.parametrize('shape, devices, towers, message', [
-    (parallel.MeshShape(2, 2), 8, 2, 'needs 4 devices but 8'),
-    (parallel.MeshShape(1, 2), 2, 1, 'needs the two-tower model'),
-    (parallel.MeshShape(1, 4), 4, 2, 'tower axis must be 1 or 2'),
+@pytest.mark.parametrize('text, devices, towers, message', [
+    ('data:2,tower:2', 8, 2, 'needs 4 devices but 8'),
+    ('data:1,tower:2', 2, 1, 'needs the two-tower model'),
+    ('data:1,tower:4', 4, 2, 'tower axis must be 1 or 2'),
 ])
-def test_mesh_checks(shape, devices, towers, message):
-  with pytest.raises(ValueError, match=message):
-    parallel.check_mesh_shape(shape, devices, towers)
+def test_mesh_checks(text, devices, towers, message):
+  with pytest.raises(config_lib.UserError, match=message):
+    config_lib.MeshConfig(mesh=text).shape(devices, towers)
 
 
 @pytest.mark.parametrize('shape', [(1, 2), (2, 2)])

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from alexnet_jax import config as config_lib
 from alexnet_jax import checkpoints
 from alexnet_jax import metrics
 from alexnet_jax import optimizer
@@ -33,14 +34,15 @@ def uninterrupted(demo, tmp_path_factory):
 
 def _one_step(shape):
   mesh = meshes.mesh(*shape)
-  trainer = train.Trainer(meshes.TINY, optimizer.OptimizerConfig(), mesh, batch_size=8,
-                          total_steps=10, pca_std=0.1, seed=3,
-                          normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN))
+  opt_config = config_lib.OptimizerConfig()
+  step = train.make_train_step(meshes.TINY, opt_config, mesh, batch_size=8, total_steps=10,
+                               pca_std=0.1, seed=3,
+                               normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN))
   batch = next(synthetic_data.synthetic_batches(8, 67, 10, mesh, seed=1))
   with jax.set_mesh(mesh):
-    state = trainer.init_state(jax.random.key(0))
-    state, metrics_ = trainer.step(state, batch)
-    state, metrics_ = trainer.step(state, batch)  # momentum and dropout of a second step too
+    state = train.init_state(meshes.TINY, opt_config, mesh, jax.random.key(0))
+    state, metrics_ = step(state, batch)
+    state, metrics_ = step(state, batch)  # momentum and dropout of a second step too
   return jax.device_get(state.params), float(metrics_['loss'])
 
 
@@ -80,8 +82,7 @@ def test_resumed_run_continues_exactly(demo, uninterrupted, tmp_path):
 def test_checkpoint_restores_onto_another_mesh_and_evaluates_the_same(demo, tmp_path):
   result = training.run(demo, tmp_path, shape=(2, 2), num_train_steps=3)
   for shape in [(1, 1), (1, 2)]:
-    step, params = train.restore_params(training.MODEL, training.OPTIMIZER,
-                                        meshes.mesh(*shape), str(tmp_path))
+    step, params = train.restore_params(training.MODEL, meshes.mesh(*shape), str(tmp_path))
     assert step == 3
     again = _evaluate(demo, params, shape)
     assert again['top1'] == result['top1'] and again['top5'] == result['top5']
@@ -89,13 +90,13 @@ def test_checkpoint_restores_onto_another_mesh_and_evaluates_the_same(demo, tmp_
 
 
 def _evaluate(demo, params, shape):
-  from alexnet_jax import evaluate, input_pipeline  # pylint: disable=import-outside-toplevel
+  from alexnet_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
   mesh = meshes.mesh(*shape)
   config = training.data(demo)
   step = evaluate.make_eval_step(training.MODEL, mesh, preprocess.Normalizer(preprocess.CHANNEL_MEAN))
   with jax.set_mesh(mesh):
-    return evaluate.evaluate(step, params, input_pipeline.eval_batches(config, 8, mesh),
-                             input_pipeline.eval_steps(config, 8))
+    return evaluate.evaluate(step, params, input_pipeline.eval_batches(config, 8, mesh))
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(demo, tmp_path):
@@ -104,7 +105,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(demo, tm
     training.run(demo, tmp_path, opt=exploding, checkpoint_every_steps=1, num_train_steps=20)
   saved = checkpoints.Checkpoints(str(tmp_path), {}).steps()
   assert saved, 'the first steps were finite and saved'
-  _, params = train.restore_params(training.MODEL, exploding, meshes.mesh(1, 1), str(tmp_path))
+  _, params = train.restore_params(training.MODEL, meshes.mesh(1, 1), str(tmp_path))
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(jax.device_get(params)))
   assert all(np.isfinite(r.get('loss', 0)) for r in metrics.read_metrics(
       f'{tmp_path}/metrics.jsonl'))
@@ -119,15 +120,17 @@ def _copy_run(source, target):
 def test_corrupt_and_half_written_checkpoints_are_skipped(demo, uninterrupted, tmp_path):
   workdir = _copy_run(uninterrupted[0], tmp_path / 'run')
   directory = f'{workdir}/checkpoints'
-  # Truncate the largest file of the newest checkpoint; leave a half-written newer one.
+  # Truncate the array data of the newest checkpoint (eval reads the parameters alone, so
+  # every data file, not just the largest); leave a half-written newer one.
   newest = max(int(d) for d in os.listdir(directory) if d.isdigit())
-  files = [f for f in glob.glob(f'{directory}/{newest}/**', recursive=True) if os.path.isfile(f)]
-  largest = max(files, key=os.path.getsize)
-  with open(largest, 'r+b') as f:
-    f.truncate(os.path.getsize(largest) // 3)
+  data = glob.glob(f'{directory}/{newest}/state/ocdbt.process_*/d/*')
+  assert data
+  for path in data:
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 3)
   os.makedirs(f'{directory}/{newest + 10}/state')
   # Reading (eval, predict) skips them and touches nothing.
-  step, _ = train.restore_params(training.MODEL, training.OPTIMIZER, meshes.mesh(1, 1),
+  step, _ = train.restore_params(training.MODEL, meshes.mesh(1, 1),
                                  str(workdir))
   assert step < newest and not os.path.exists(f'{workdir}/corrupt')
   # Training resumes from the newest complete one and moves the broken ones aside.
@@ -144,7 +147,7 @@ def test_a_workdir_whose_checkpoints_are_all_unreadable_is_an_error(uninterrupte
         if os.path.isfile(path):
           open(path, 'w').close()  # every file emptied
   with pytest.raises(checkpoints.NoCheckpointError, match='could be read'):
-    train.restore_params(training.MODEL, training.OPTIMIZER, meshes.mesh(1, 1), str(workdir))
+    train.restore_params(training.MODEL, meshes.mesh(1, 1), str(workdir))
 
 
 def test_checkpoint_of_another_configuration_is_refused(uninterrupted):
@@ -153,4 +156,4 @@ def test_checkpoint_of_another_configuration_is_refused(uninterrupted):
                        (dict(num_classes=10), 'num_classes')]:
     other = dataclasses.replace(training.MODEL, **change)
     with pytest.raises(checkpoints.CheckpointMismatchError, match=name):
-      train.restore_params(other, training.OPTIMIZER, meshes.mesh(1, 1), str(workdir))
+      train.restore_params(other, meshes.mesh(1, 1), str(workdir))

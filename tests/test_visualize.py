@@ -8,9 +8,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from alexnet_jax import figures
+from alexnet_jax.tools import figures
 from alexnet_jax import train
-from alexnet_jax import visualize
+from alexnet_jax.tools import visualize
 from tests import meshes
 from tests import training
 
@@ -24,7 +24,7 @@ def trained(demo, tmp_path_factory):
   training.run(demo, workdir, shape=(1, 2), num_train_steps=3)
   # The queries are the first training images, so each must find itself.
   data = training.data(demo, eval_split='train[:4]')
-  summary = visualize.run(training.MODEL, data, training.OPTIMIZER, meshes.mesh(2, 2), workdir,
+  summary = visualize.run(training.MODEL, data, meshes.mesh(2, 2), workdir,
                           batch_size=8, queries=QUERIES, neighbours=NEIGHBOURS)
   return workdir, summary
 
@@ -62,7 +62,7 @@ def test_kernel_grid_puts_tower_1_above_tower_2_in_rows_of_16():
 
 def test_kernel_figure_follows_the_checkpoint_weights(trained, tmp_path):
   workdir, _ = trained
-  _, params = train.restore_params(training.MODEL, training.OPTIMIZER, meshes.mesh(1, 1),
+  _, params = train.restore_params(training.MODEL, meshes.mesh(1, 1),
                                    workdir)
   params = jax.device_get(params)
   kernels = params['conv1']['kernel']
@@ -152,7 +152,7 @@ def test_results_table_puts_measured_errors_beside_the_paper(trained, tmp_path):
   (experiments / 'no_lrn.flags').write_text(f'# ablation\n--mode=train\n--workdir={workdir}\n'
                                             '--nolrn\n--demo_data\n')
   known = visualize.experiments(str(experiments))
-  assert known['no_lrn']['lrn'] == 'false' and visualize.experiment_of(workdir, known) == 'no_lrn'
+  assert known['no_lrn'].lrn is False and visualize.experiment_of(workdir, known) == 'no_lrn'
   table = visualize.results_table([workdir], str(experiments))
   with open(f'{workdir}/eval/train_90_step3.json') as f:
     result = json.load(f)

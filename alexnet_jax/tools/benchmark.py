@@ -34,11 +34,12 @@ import time
 from absl import logging
 import jax
 
-from alexnet_jax import communication
 from alexnet_jax import preprocess
-from alexnet_jax import summary
 from alexnet_jax import synthetic_data
 from alexnet_jax import train
+from alexnet_jax.config import BenchmarkConfig
+from alexnet_jax.tools import communication
+from alexnet_jax.tools import summary
 
 # Dense peak TFLOP/s per chip (vendor datasheets, without sparsity): bf16, float32.
 # float32 matmuls run as TF32 on NVIDIA by default in XLA.
@@ -100,16 +101,16 @@ class StepTimer:
 
   def __init__(self, model_config, opt_config, mesh, batch_size: int, *, seed: int = 0):
     self.mesh = mesh
-    trainer = train.Trainer(model_config, opt_config, mesh, batch_size=batch_size,
-                            total_steps=1_000_000,
-                            normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN),
-                            pca_std=0.1, seed=seed)
+    step = train.make_train_step(model_config, opt_config, mesh, batch_size=batch_size,
+                                 total_steps=1_000_000,
+                                 normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN),
+                                 pca_std=0.1, seed=seed)
     self._batches = synthetic_data.synthetic_batches(batch_size, model_config.image_size,
                                                      model_config.num_classes, mesh, seed=seed)
     with jax.set_mesh(mesh):
-      self._state = trainer.init_state(jax.random.key(seed))
+      self._state = train.init_state(model_config, opt_config, mesh, jax.random.key(seed))
       start = time.perf_counter()
-      self.compiled = trainer.step.lower(self._state, next(self._batches)).compile()
+      self.compiled = step.lower(self._state, next(self._batches)).compile()
       steady = self.compiled.output_shardings[0]
       if not all(leaf.sharding.is_equivalent_to(sharding, leaf.ndim) for leaf, sharding in
                  zip(jax.tree.leaves(self._state), jax.tree.leaves(steady))):
@@ -119,7 +120,7 @@ class StepTimer:
         logging.warning('The step returns its state in other shardings than init_state '
                         'made: the training loop compiles the step twice.')
         self._state = jax.device_put(self._state, steady)
-        self.compiled = trainer.step.lower(self._state, next(self._batches)).compile()
+        self.compiled = step.lower(self._state, next(self._batches)).compile()
       self.compile_seconds = time.perf_counter() - start
 
   def time(self, steps: int) -> float:
@@ -369,13 +370,12 @@ def report(result: BenchmarkResult) -> str:
   return '\n'.join(lines)
 
 
-def run(model_config, opt_config, train_config, mesh, workdir: str | None, *,
-        steps: int = 10, repeats: int = 5, peak_tflops: float | None = None) -> BenchmarkResult:
+def run(model_config, opt_config, train_config, mesh, workdir: str | None,
+        options: BenchmarkConfig) -> BenchmarkResult:
   """--mode=benchmark: measure, print, and write WORKDIR/benchmark.json (if a workdir)."""
-  if train_config.profile_steps and not workdir:
-    raise ValueError('--profile_steps writes its trace into --workdir: set --workdir.')
-  result = measure(model_config, opt_config, mesh, train_config.batch_size, steps=steps,
-                   repeats=repeats, peak_tflops=peak_tflops, seed=train_config.seed,
+  result = measure(model_config, opt_config, mesh, train_config.batch_size,
+                   steps=options.benchmark_steps, repeats=options.benchmark_repeats,
+                   peak_tflops=options.peak_tflops, seed=train_config.seed,
                    profile_steps=train_config.profile_steps,
                    profile_dir=workdir and os.path.join(workdir, 'profile'))
   if jax.process_index() == 0:

@@ -13,7 +13,7 @@ Figures of one checkpoint, into WORKDIR/figures/ (or --figures_dir):
 The results table (docs/RESULTS.md): the paper's numbers beside each run's newest
 eval/<split>_step<N>.json, and its Figure 3/4 statistics where summary.json exists.
 
-  python -m alexnet_jax.visualize --results --runs=[EXPERIMENT=]WORKDIR,...
+  python -m alexnet_jax.main --mode=visualize --results --runs=[EXPERIMENT=]WORKDIR,...
 
 Colour fraction (Figure 3). At each pixel a kernel's weights over the colour axis are an
 RGB vector w; its grey part is (w . g) g with g = (1, 1, 1) / sqrt(3), what a kernel that
@@ -32,38 +32,18 @@ import dataclasses
 import glob
 import json
 import os
-import sys
 from typing import Iterator, Sequence
 
-from absl import app
-from absl import flags
 import jax
 import numpy as np
 
-from alexnet_jax import config as flags_lib
+from alexnet_jax import flags as flags_lib
 from alexnet_jax import parallel
+from alexnet_jax.config import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = flags_lib.ROOT
 CHANCE_COLOR_FRACTION = 2 / 3
 SUMMARY = 'summary.json'
-
-QUERIES = flags.DEFINE_integer('queries', 8, 'Figure 4: query images, the first of --eval_split.')
-NEIGHBOURS = flags.DEFINE_integer('neighbours', 6,
-                                  'Figure 4: training images per query (paper: 6).')
-MAX_TRAIN_IMAGES = flags.DEFINE_integer(
-    'max_train_images', 10_000, 'Figure 4: search the first N images of --train_split (time; '
-    'memory does not grow with N).')
-FIGURES_DIR = flags.DEFINE_string('figures_dir', None,
-                                  'Where figures go (default WORKDIR/figures).')
-RESULTS = flags.DEFINE_bool('results', False, 'Write the results table of --runs instead.')
-RUNS = flags.DEFINE_list('runs', [], '--results: [EXPERIMENT=]WORKDIR of each run (the '
-                         'experiment defaults to the flagfile whose --workdir it is).')
-RESULTS_PATH = flags.DEFINE_string('results_path', os.path.join(ROOT, 'docs', 'RESULTS.md'),
-                                   '--results: the Markdown file written.')
-CURVES_PATH = flags.DEFINE_string('curves_path', None,
-                                  '--results: also plot the learning curves of --runs here.')
-RESULTS_NOTE = flags.DEFINE_string('results_note', '', '--results: a paragraph under the '
-                                   'table, e.g. how the runs were made.')
 
 
 # ----------------------------------------------------------------------------------
@@ -81,7 +61,7 @@ def color_fraction(kernels: np.ndarray) -> np.ndarray:
 
 def kernel_figure(params, path: str) -> list[dict]:
   """Writes Figure 3 of params' conv1 to path; returns each tower's colour fractions."""
-  from alexnet_jax import figures  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
   kernels = np.asarray(jax.device_get(params['conv1']['kernel']))  # (towers, k, k, 3, C)
   figures.save_png(figures.kernel_grid(kernels), path)
   return [{'tower': t + 1, 'mean_color_fraction': float(np.mean(f)),
@@ -106,7 +86,7 @@ def _fc7_batches(embed, params, mesh, data_config, batch_size: int,
   Un-augmented centre crops, in the split's stored order; examples holds 'images' uint8
   (n, S, S, 3), 'labels' and 'file_names'.
   """
-  from alexnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
   cfg = dataclasses.replace(data_config, eval_crops=1)
   sharding = parallel.batch_sharding(mesh)
   seen = 0
@@ -165,7 +145,7 @@ def nearest_neighbours(model_config, mesh, params, normalizer, data_config, *, b
   embed = _embedder(model_config, mesh, normalizer)
   found = list(_fc7_batches(embed, params, mesh, data_config, batch_size, queries))
   if not found:
-    raise ValueError(f'{data_config.eval_split} has no images to query with.')
+    raise UserError(f'{data_config.eval_split} has no images to query with.')
   query_examples = {key: np.concatenate([e[key] for _, e in found]) for key in found[0][1]}
   nearest = Nearest(np.concatenate([fc7 for fc7, _ in found]), neighbours)
   train = dataclasses.replace(data_config, eval_split=data_config.train_split)
@@ -179,7 +159,7 @@ def nearest_neighbours(model_config, mesh, params, normalizer, data_config, *, b
 
 def neighbour_figure(found: dict, path: str) -> dict:
   """Writes Figure 4 to path; returns the neighbours as JSON-ready lists."""
-  from alexnet_jax import figures  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
   queries, neighbours = found['queries'], found['neighbours']
   same = neighbours['labels'] == queries['labels'][:, None]
   figures.save_png(figures.neighbour_grid(queries['images'], neighbours['images'], same), path)
@@ -196,7 +176,7 @@ def neighbour_figure(found: dict, path: str) -> dict:
 # All figures of one checkpoint.
 
 
-def run(model_config, data_config, opt_config, mesh, workdir: str, *, batch_size: int,
+def run(model_config, data_config, mesh, workdir: str, *, batch_size: int,
         queries: int = 8, neighbours: int = 6, max_train_images: int = 10_000,
         step: int | None = None, out_dir: str | None = None, seed: int = 0) -> dict:
   """Writes the figures of workdir's newest checkpoint (or `step`) and summary.json.
@@ -204,11 +184,13 @@ def run(model_config, data_config, opt_config, mesh, workdir: str, *, batch_size
   Returns the summary: the step, each tower's colour fractions (also those of the
   initialization the run started from, drawn again from `seed`), the neighbours found.
   """
-  from alexnet_jax import figures, input_pipeline, train  # pylint: disable=import-outside-toplevel
+  from alexnet_jax import train  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
   if jax.process_count() > 1:
-    raise ValueError('visualize runs on one host: start it as a single process.')
+    raise UserError('visualize runs on one host: start it as a single process.')
   out_dir = out_dir or os.path.join(workdir, 'figures')
-  step, params = train.restore_params(model_config, opt_config, mesh, workdir, step)
+  step, params = train.restore_params(model_config, mesh, workdir, step)
   normalizer = input_pipeline.normalizer_for(data_config, workdir)
   summary = {'workdir': workdir, 'step': step,
              'chance_color_fraction': CHANCE_COLOR_FRACTION,
@@ -260,35 +242,12 @@ PAPER = {
 IMAGENET = 'imagenet2012'
 
 
-def read_flagfile(path: str) -> dict[str, str]:
-  """--name=value lines of a flagfile, nested --flagfile included, later lines winning.
-
-  --flag and --noflag become 'true' and 'false'. Nested paths are relative to the repo.
-  """
-  values = {}
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line.startswith('--'):
-        continue
-      name, has_value, value = line[2:].partition('=')
-      if name == 'flagfile':
-        values.update(read_flagfile(os.path.join(ROOT, value)))
-      elif has_value:
-        values[name] = value
-      elif name.startswith('no'):  # no flag of config.py starts with 'no'
-        values[name[2:]] = 'false'
-      else:
-        values[name] = 'true'
-  return values
-
-
-def experiments(directory: str = os.path.join(ROOT, 'experiments')) -> dict[str, dict]:
-  """The flags of every training experiment in directory: {name: flags}."""
+def experiments(directory: str = os.path.join(ROOT, 'experiments')) -> dict:
+  """The flags of every training experiment in directory: {name: absl FlagValues}."""
   found = {}
   for path in sorted(glob.glob(os.path.join(directory, '*.flags'))):
-    values = read_flagfile(path)
-    if values.get('mode', 'train') == 'train' and 'workdir' in values:
+    values = flags_lib.read_flagfile(path)
+    if values.mode == 'train' and values.workdir:
       found[os.path.splitext(os.path.basename(path))[0]] = values
   return found
 
@@ -297,7 +256,7 @@ def experiment_of(workdir: str, known: dict[str, dict]) -> str:
   """The experiment whose --workdir is workdir, or whose name is workdir's basename."""
   path = os.path.abspath(workdir)
   for name in sorted(known, key=lambda n: n not in PAPER):  # the paper's experiments first
-    if os.path.abspath(os.path.join(ROOT, known[name]['workdir'])) == path:
+    if os.path.abspath(os.path.join(ROOT, known[name].workdir)) == path:
       return name
   return os.path.basename(os.path.normpath(workdir))
 
@@ -322,13 +281,13 @@ def newest_evals(workdir: str) -> list[dict]:
   return [newest[split] for split in sorted(newest)]
 
 
-def _data_name(values: dict) -> str:
+def _data_name(values) -> str:
   """The data an experiment's flags train on ('?' without a flagfile)."""
-  if not values:
+  if values is None:
     return '?'
-  if values.get('demo_data') == 'true':
+  if values.demo_data:
     return 'demo (8 drawn classes)'
-  return values.get('dataset', IMAGENET)
+  return values.dataset
 
 
 def results_table(runs: Sequence[str], experiments_dir: str = os.path.join(ROOT, 'experiments'),
@@ -340,7 +299,7 @@ def results_table(runs: Sequence[str], experiments_dir: str = os.path.join(ROOT,
   rows, measured_imagenet = [], False
   for name in order:
     change, top1, top5 = PAPER.get(name, ('', '—', '—'))
-    data = _data_name(known.get(name, {}))
+    data = _data_name(known.get(name))
     for r in [r for n, w in named if n == name for r in newest_evals(w)] or [None]:
       if r is None:
         measured = ['—', '—', data, '—', '—', '—']
@@ -351,7 +310,7 @@ def results_table(runs: Sequence[str], experiments_dir: str = os.path.join(ROOT,
       rows.append('| ' + ' | '.join(map(str, [name, change, top1, top5, *measured])) + ' |')
   lines = [
       '# Results', '',
-      f'Written by `{command or "python -m alexnet_jax.visualize --results --runs=..."}`; '
+      f'Written by `{command or "python -m alexnet_jax.main --mode=visualize --results --runs=..."}`; '
       'rerun it rather than editing this file.', '',
       "Paper: top-1 / top-5 error (%) on ILSVRC-2012 validation, one CNN, 10 crops (40.7 / "
       '18.2); an ablation is that plus the difference the paper reports for it. Measured: '
@@ -387,7 +346,7 @@ def _figure_lines(named: Sequence[tuple[str, str]]) -> list[str]:
   return ['## Figures 3 and 4', '',
           'Mean colour fraction of the conv1 kernels per tower (tower 1 / tower 2; 0: grey, '
           '2/3: random weights on average, 1: no grey part; definition in '
-          '`alexnet_jax/visualize.py`), after training and in the initialization the run '
+          '`alexnet_jax/tools/visualize.py`), after training and in the initialization the run '
           'started from. The paper saw tower 1 learn mostly colour-agnostic '
           'kernels and tower 2 mostly colour-specific ones (Figure 3; no number given). '
           "Neighbours: share of the fc7 nearest training images with the query's label "
@@ -408,39 +367,30 @@ def write_results_table(runs: Sequence[str], path: str, command: str = '',
 # Command line.
 
 
-def run_from_flags(model_config, data_config, opt_config, train_config, mesh) -> dict:
-  """--mode=visualize: run() as the flags say (--workdir, --queries, ...); prints it."""
-  if RESULTS.value:
-    raise ValueError('--results writes the results table: python -m alexnet_jax.visualize '
-                     '--results --runs=[EXPERIMENT=]WORKDIR,...')
-  summary = run(model_config, data_config, opt_config, mesh, flags_lib.WORKDIR.value,
-                batch_size=train_config.eval_batch,
-                queries=QUERIES.value, neighbours=NEIGHBOURS.value,
-                max_train_images=MAX_TRAIN_IMAGES.value, step=flags_lib.CHECKPOINT_STEP.value,
-                out_dir=FIGURES_DIR.value, seed=train_config.seed)
+def run_from_experiment(experiment, mesh) -> dict:
+  """--mode=visualize: the figures of --workdir's checkpoint, or with --results the table."""
+  options = experiment.visualize
+  if options.results:
+    return write_results(options)
+  summary = run(experiment.model, experiment.data, mesh, experiment.run.workdir,
+                batch_size=experiment.train.eval_batch, queries=options.queries,
+                neighbours=options.neighbours, max_train_images=options.max_train_images,
+                step=experiment.run.checkpoint_step, out_dir=options.figures_dir,
+                seed=experiment.train.seed)
   print('\n'.join(summary_lines(summary)))
   return summary
 
 
-def main(argv):
-  """python -m alexnet_jax.visualize --results --runs=...: the results table (and curves)."""
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not RESULTS.value or not RUNS.value:
-    raise app.UsageError('this entry writes the results table: --results '
-                         '--runs=[EXPERIMENT=]WORKDIR,... (figures: python -m '
-                         'alexnet_jax.main --mode=visualize --flagfile=...)')
-  try:
-    command = 'python -m alexnet_jax.visualize --results --runs=' + ','.join(RUNS.value)
-    print(f'Wrote {write_results_table(RUNS.value, RESULTS_PATH.value, command, RESULTS_NOTE.value)}')
-    if CURVES_PATH.value:
-      from alexnet_jax import figures  # pylint: disable=import-outside-toplevel
-      names, workdirs = zip(*named_runs(RUNS.value, experiments()))
-      print(f'Wrote {figures.learning_curves(workdirs, CURVES_PATH.value, names)}')
-  except (ValueError, FileNotFoundError) as error:
-    print(f'alexnet_jax: error: {error}', file=sys.stderr)
-    sys.exit(1)
-
-
-if __name__ == '__main__':
-  app.run(main)
+def write_results(options) -> dict:
+  """--results: docs/RESULTS.md from --runs (and their learning curves with --curves_path)."""
+  command = ('python -m alexnet_jax.main --mode=visualize --results --runs=' +
+             ','.join(options.runs))
+  path = write_results_table(options.runs, options.results_path, command, options.results_note)
+  print(f'Wrote {path}')
+  written = {'results': path}
+  if options.curves_path:
+    from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
+    names, workdirs = zip(*named_runs(options.runs, experiments()))
+    written['curves'] = figures.learning_curves(workdirs, options.curves_path, names)
+    print(f"Wrote {written['curves']}")
+  return written

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from alexnet_jax import data_config as data_config_lib
+from alexnet_jax.config import DataConfig
 
-DataConfig = data_config_lib.DataConfig
 # Decode the JPEG at 1/r of its size (libjpeg's DCT scaling, nearly free) when the square
 # is at least r times the size it is resized to: small nets read large images cheaply.
 JPEG_RATIOS = (1, 2, 4, 8)

@@ -9,6 +9,7 @@ run never meets them. Any other TFDS dataset is prepared by its own builder.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -18,16 +19,15 @@ from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import augment
-from alexnet_jax import data_config as data_config_lib
-from alexnet_jax import demo_data
+from alexnet_jax.config import DataConfig, UserError
+from alexnet_jax.data import augment
+from alexnet_jax.data import demo_data
 
-DataConfig = data_config_lib.DataConfig
 IMAGENET = 'imagenet2012'
 IMAGENET_TARS = (demo_data.TRAIN_TAR, demo_data.VAL_TAR)
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(UserError, FileNotFoundError):
   """The dataset is not prepared and the files to prepare it are not where expected."""
 
 
@@ -115,7 +115,7 @@ def check_manual_dir(cfg: DataConfig) -> None:
         f'expected {" and ".join(os.path.join(where, name) for name in IMAGENET_TARS)} '
         f'(missing: {", ".join(missing)}). Download them from https://image-net.org '
         f'(ILSVRC 2012), pass their folder as --manual_dir and the output folder as '
-        f'--data_dir. For a small made-up set: python -m alexnet_jax.demo_data '
+        f'--data_dir. For a small made-up set: python -m alexnet_jax.data.demo_data '
         f'--manual_dir=DIR.')
 
 
@@ -148,9 +148,15 @@ def prepare(cfg: DataConfig) -> list[str]:
 
 
 def prepared_builder(cfg: DataConfig):
-  builder = tfds_builder(cfg)
+  """The builder of the prepared dataset, opened once per dataset and data dir."""
+  return _prepared_builder(cfg.dataset, cfg.data_dir)
+
+
+@functools.cache
+def _prepared_builder(dataset: str, data_dir: str | None):
+  builder = tfds.builder(dataset, data_dir=data_dir)
   if not is_prepared(builder):
-    raise MissingDataError(f'{cfg.dataset} is not prepared in {builder.data_dir}: call '
+    raise MissingDataError(f'{dataset} is not prepared in {builder.data_dir}: call '
                            'input_pipeline.prepare(cfg) first (train does it).')
   return builder
 

@@ -20,7 +20,7 @@ With `oddities=True` it adds the file types real ImageNet has, each as an extra
 training image: a CMYK JPEG, a grayscale JPEG, a PNG named .JPEG, a 100x60 image and
 one corrupt file that no decoder can read.
 
-  python -m alexnet_jax.demo_data --manual_dir=/tmp/demo_manual [--images_per_class=150]
+  python -m alexnet_jax.data.demo_data --manual_dir=/tmp/demo_manual [--images_per_class=150]
 """
 
 from __future__ import annotations

@@ -34,14 +34,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import augment
-from alexnet_jax import data_config as data_config_lib
-from alexnet_jax import demo_data
 from alexnet_jax import parallel
 from alexnet_jax import preprocess
-from alexnet_jax import tfds_data
+from alexnet_jax.config import DataConfig, UserError
+from alexnet_jax.data import augment
+from alexnet_jax.data import demo_data
+from alexnet_jax.data import tfds_data
 
-DataConfig = data_config_lib.DataConfig
 AUTOTUNE = tf.data.AUTOTUNE
 # Re-exported for callers that only import the pipeline.
 check_sources = tfds_data.check_sources
@@ -71,7 +70,7 @@ def _records(builder, split, shuffle_seed=None) -> tf.data.Dataset:
   if not instructions:  # e.g. more processes than examples
     return tf.data.Dataset.from_tensor_slices(tf.constant([], tf.string))
   if builder.info.file_format != tfds.core.FileFormat.TFRECORD:
-    raise ValueError(f'{builder.name} is stored as {builder.info.file_format}; this '
+    raise UserError(f'{builder.name} is stored as {builder.info.file_format}; this '
                      'pipeline reads tfrecord (TFDS\'s default).')
   files = tf.data.Dataset.from_tensor_slices((
       [i.filename for i in instructions],
@@ -127,7 +126,7 @@ def train_dataset(cfg: DataConfig, local_batch_size: int, *, start_step: int = 0
   split = _process_split(cfg.train_split, index, count)
   num_examples = builder.info.splits[split].num_examples
   if num_examples == 0:
-    raise ValueError(f'{cfg.train_split} has no examples for process {index} of {count}.')
+    raise UserError(f'{cfg.train_split} has no examples for process {index} of {count}.')
   first_epoch, offset = divmod(start_step * local_batch_size, num_examples)
   parse, is_jpeg = _parser(builder), tfds_data.is_jpeg(builder)
 
@@ -210,14 +209,13 @@ def data_readers(mesh) -> tuple[int, int]:
   return groups.index(frozenset(rows[jax.process_index()])), len(groups)
 
 
-def _check_batch(global_batch_size: int, mesh) -> tuple[int, int, int]:
-  """(local batch, reader index, reader count); ValueError if the batch cannot be split."""
+def _reader_batch(global_batch_size: int, mesh) -> tuple[int, int, int]:
+  """(batch this reader reads, reader index, reader count).
+
+  Each reader holds whole rows of the 'data' axis, and the batch is a multiple of that
+  axis (config.Experiment.check_batches), so it splits evenly over the readers.
+  """
   index, count = data_readers(mesh)
-  data = mesh.shape['data']
-  if global_batch_size % count or global_batch_size % data:
-    raise ValueError(f'the global batch size {global_batch_size} must be divisible by the '
-                     f'number of processes reading data ({count}) and by the mesh\'s data '
-                     f'axis ({data}).')
   return global_batch_size // count, index, count
 
 
@@ -247,7 +245,7 @@ def train_batches(cfg: DataConfig, global_batch_size: int, mesh,
 
   The batch of step N is the same whether the run started at 0 or resumed at N.
   """
-  local, index, count = _check_batch(global_batch_size, mesh)
+  local, index, count = _reader_batch(global_batch_size, mesh)
   ds = train_dataset(cfg, local, start_step=start_step, process_index=index, process_count=count)
   return prefetch(_to_global(ds.as_numpy_iterator(), mesh, count))
 
@@ -255,10 +253,10 @@ def train_batches(cfg: DataConfig, global_batch_size: int, mesh,
 def eval_batches(cfg: DataConfig, global_batch_size: int, mesh) -> Iterator[dict]:
   """{'images': uint8 (B, C, S, S, 3), 'labels': int32 (B,), 'mask': bool (B,)}.
 
-  eval_steps(cfg, B // readers, readers) batches (readers: data_readers(mesh)[1]); count
-  an example only where mask is True.
+  eval_steps(cfg, B // readers, readers) batches, the same on every process (readers:
+  data_readers(mesh)[1]); count an example only where mask is True.
   """
-  local, index, count = _check_batch(global_batch_size, mesh)
+  local, index, count = _reader_batch(global_batch_size, mesh)
   ds = eval_dataset(cfg, local, process_index=index, process_count=count)
   return prefetch(_to_global(ds.as_numpy_iterator(), mesh, count))
 
@@ -327,13 +325,13 @@ def normalizer_for(cfg: DataConfig, workdir: str | None = None) -> preprocess.No
 def load_images_for_predict(paths: Sequence[str], cfg: DataConfig) -> np.ndarray:
   """uint8 (N, C, S, S, 3): the eval crops (cfg.eval_crops) of each image file.
 
-  Reads JPEG, PNG, GIF or BMP whatever the file name says. Raises FileNotFoundError or
-  ValueError naming the file that is missing or not an image.
+  Reads JPEG, PNG, GIF or BMP whatever the file name says. Raises UserError naming the
+  file that is missing or not an image.
   """
   out = []
   for path in paths:
     if not tf.io.gfile.exists(path):
-      raise FileNotFoundError(f'no such image file: {path}')
+      raise UserError(f'no such image file: {path}')
     with tf.io.gfile.GFile(path, 'rb') as f:
       data = f.read()
     try:
@@ -341,7 +339,7 @@ def load_images_for_predict(paths: Sequence[str], cfg: DataConfig) -> np.ndarray
       is_jpeg = data[:3] == b'\xff\xd8\xff'
       out.append(augment.eval_images(tf.constant(data), cfg, is_jpeg).numpy())
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
-      raise ValueError(f'{path} is not an image TensorFlow can decode '
+      raise UserError(f'{path} is not an image TensorFlow can decode '
                        f'(JPEG, PNG, GIF or BMP): {e.message.splitlines()[0]}') from None
   return np.stack(out)
 

@@ -11,12 +11,13 @@ import collections
 
 import jax
 
-from alexnet_jax import communication
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
+from alexnet_jax.config import ModelConfig
+from alexnet_jax.tools import communication
 
 
-def layer_rows(config: model_lib.ModelConfig) -> list[dict]:
+def layer_rows(config: ModelConfig) -> list[dict]:
   """Per layer: shapes per tower and whole, kernel, parameters, multiply-adds per image."""
   towers = config.towers
   rows = []
@@ -46,7 +47,7 @@ def layer_rows(config: model_lib.ModelConfig) -> list[dict]:
   return rows
 
 
-def format_layer_table(config: model_lib.ModelConfig) -> str:
+def format_layer_table(config: ModelConfig) -> str:
   rows = layer_rows(config)
   header = ('layer', 'kernel/tower, stride', 'out/tower', 'conv HxW', 'then',
             'output/tower', 'output (net)', 'params', 'mult-adds/image', 'reads other tower')
@@ -84,7 +85,7 @@ def communication_report(ops, mesh, local_batch: int) -> str:
           f'per image = per step / {local_batch} (the per-device batch).')
 
 
-def run(config: model_lib.ModelConfig, mesh, global_batch: int, lower_step) -> str:
+def run(config: ModelConfig, mesh, global_batch: int, lower_step) -> str:
   """Builds the whole summary. lower_step(config, mesh, global_batch) -> jax Lowered."""
   lines = [f'AlexNet, {config.towers} tower(s), {config.num_classes} classes, '
            f'{config.image_size}x{config.image_size} input, width x{config.width}', '',
