@@ -1,4 +1,8 @@
-"""Small training runs on the demo ImageNet, shared by the training tests."""
+"""Small training runs on the demo ImageNet, shared by the training tests.
+
+They read the stream whose order is known without the input pipeline (tests/stream.py),
+so what each step trained on can be checked against the files themselves.
+"""
 
 import dataclasses
 
@@ -6,6 +10,7 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import optimizer
 from alexnet_jax import train
 from tests import meshes
+from tests import stream
 
 MODEL = model_lib.ModelConfig(num_classes=1000, image_size=67, width=0.125, init='he')
 OPTIMIZER = optimizer.OptimizerConfig(learning_rate=0.001, schedule='constant')
@@ -14,7 +19,7 @@ LOOP = train.TrainConfig(batch_size=8, num_train_steps=6, eval_every_steps=3,
 
 
 def data(demo, **overrides):
-  return demo.config(image_size=MODEL.image_size, **overrides)
+  return demo.config(image_size=MODEL.image_size, **{**stream.KNOWN_ORDER, **overrides})
 
 
 def run(demo, workdir, shape=(1, 1), model=MODEL, opt=OPTIMIZER, **loop):
