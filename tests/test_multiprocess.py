@@ -17,11 +17,18 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
+from alexnet_jax import data_config
 from alexnet_jax import distributed
 from alexnet_jax import metrics
+from alexnet_jax import preprocess
 from tests import cli
+from tests import meshes
+from tests import reference
+from tests import stream
+from tests import training
 
 TINY = dict(mode='train', image_size=67, width=0.125, init='he', num_classes=1000,
             batch_size=16, learning_rate=0.001, schedule='constant', train_split='train[:16]',
@@ -93,6 +100,17 @@ def _evals(workdir):
   return {r['step']: r for r in _records(workdir) if 'top1' in r}
 
 
+def _reference_losses(demo, steps):
+  """{step: loss} of the paper's SGD on the grouped reference net, every batch the split."""
+  cfg = data_config.DataConfig(data_dir=demo.data_dir, train_split=TINY['train_split'],
+                               image_size=TINY['image_size'], **stream.KNOWN_ORDER)
+  images, labels = stream.train_batch(cfg, 0, TINY['batch_size'])  # in any order: the mean
+  inputs = images.astype(np.float32) - preprocess.CHANNEL_MEAN
+  losses, _ = reference.paper_sgd(meshes.host_params(training.MODEL), [(inputs, labels)] * steps,
+                                  learning_rate=TINY['learning_rate'])
+  return dict(enumerate(losses, start=1))
+
+
 @pytest.fixture(scope='module')
 def preempted(demo, tmp_path_factory):
   """Two processes train until process 1 alone gets a SIGTERM: (workdir, stderr, status)."""
@@ -136,11 +154,13 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_saves_it(preempted, s
 
 
 def test_two_processes_train_and_evaluate_like_one_process_with_four_devices(
-    preempted, stop_step, one_process):
+    demo, preempted, stop_step, one_process):
   two, one = _losses(preempted[0]), _losses(one_process)
   assert sorted(two) == sorted(one) == list(range(1, stop_step + 1))
   for step in one:
     assert two[step] == pytest.approx(one[step], rel=1e-5), step
+  for step, loss in _reference_losses(demo, 3).items():  # what both should have computed
+    assert one[step] == pytest.approx(loss, rel=1e-4), step
   evals_two, evals_one = _evals(preempted[0]), _evals(one_process)
   assert 2 in evals_two
   for step in set(evals_two) & set(evals_one):
@@ -229,6 +249,7 @@ def test_a_tower_pair_split_over_two_processes_reads_one_part_of_the_data(demo, 
                         cpu_devices=2)
   assert single.returncode == 0, single.stderr
   assert _losses(f'{tmp_path}/pair') == _losses(f'{tmp_path}/single')
+  assert _losses(f'{tmp_path}/single') == pytest.approx(_reference_losses(demo, 2), rel=1e-4)
   pair, alone = _evals(f'{tmp_path}/pair')[2], _evals(f'{tmp_path}/single')[2]
   assert (pair['top1'], pair['top5']) == (alone['top1'], alone['top5'])
 
