@@ -26,6 +26,13 @@ from alexnet_jax.config import UserError
 
 # Settings that change the parameters' shapes: a checkpoint only fits the same ones.
 SHAPE_FIELDS = ('towers', 'num_classes', 'image_size', 'width', 'crossings')
+# Orbax warns so at every save without metrics once best_fn is set; most saves have none.
+_NO_METRICS_WARNING = 'Requested `tracked_metric`; did not provide metrics.'
+logging.get_absl_logger().addFilter(lambda record: record.getMessage() != _NO_METRICS_WARNING)
+
+
+def _top1(metrics: dict) -> float:
+  return metrics['top1']
 
 
 class CheckpointMismatchError(UserError):
@@ -61,14 +68,16 @@ class Checkpoints:
     self.read_only = read_only
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(keep),
-        checkpoint_managers.BestN(get_metric_fn=lambda metrics: metrics['top1'], n=1,
+        checkpoint_managers.BestN(get_metric_fn=_top1, n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
     if read_only and not os.path.isdir(self.directory):
       raise self.none_error()
+    # best_fn makes orbax write the metrics to disk (the policy alone keeps them in memory),
+    # so a resumed run still knows which checkpoint is the best.
     options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
                                            cleanup_tmp_directories=not read_only,
-                                           preservation_policy=policy)
+                                           preservation_policy=policy, best_fn=_top1)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=('state', 'config'))
 

@@ -81,3 +81,41 @@ def logits(params, images, lrn=True):
     x = jax.nn.relu(jnp.dot(x, kernel, precision=lax.Precision.HIGHEST) + bias)
   kernel, bias = w['fc8']
   return jnp.dot(x, kernel, precision=lax.Precision.HIGHEST) + bias
+
+
+def scores(params, images, labels):
+  """(top-1, top-5, mean cross-entropy) of the reference net on (N, S, S, 3) inputs."""
+  probs = np.asarray(jax.nn.softmax(_logits(params, images)), np.float64)
+  ranked = np.argsort(-probs, axis=-1)[:, :5]
+  hit = ranked == np.asarray(labels)[:, None]
+  loss = -np.log(probs[np.arange(len(labels)), labels])
+  return hit[:, 0].mean(), hit.any(axis=-1).mean(), loss.mean()
+
+
+def _cross_entropy(params, images, labels):
+  log_probs = jax.nn.log_softmax(logits(params, images))
+  return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+
+
+_logits = jax.jit(logits)
+_loss_and_grads = jax.jit(jax.value_and_grad(_cross_entropy))
+
+
+def paper_sgd(params, batches, learning_rate, momentum=0.9, weight_decay=5e-4):
+  """(loss of every step, final parameters) of the paper's SGD on the reference net.
+
+  Section 5, written out: v <- momentum v - weight_decay lr w - lr grad; w <- w + v.
+  Biases are not decayed (cuda-convnet2). batches: (float inputs, labels) per step.
+  """
+  velocity = jax.tree.map(jnp.zeros_like, params)
+  losses = []
+  for images, labels in batches:
+    loss, grads = _loss_and_grads(params, images, labels)
+    losses.append(float(loss))
+    for name, layer in params.items():
+      for kind, w in layer.items():
+        decay = weight_decay * w if kind == 'kernel' else 0.0
+        velocity[name][kind] = (momentum * velocity[name][kind]
+                                - learning_rate * (decay + grads[name][kind]))
+    params = jax.tree.map(jnp.add, params, velocity)
+  return losses, params

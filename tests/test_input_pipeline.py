@@ -21,6 +21,7 @@ from alexnet_jax.data import input_pipeline as ip
 from alexnet_jax import preprocess
 from alexnet_jax import synthetic_data
 from alexnet_jax.data import tfds_data
+from tests import stream
 from tests.conftest_data import IMAGE_SIZE, TRAIN_EXAMPLES
 
 R = config_lib.resize_size(IMAGE_SIZE)  # 27
@@ -331,6 +332,18 @@ def test_resuming_at_step_n_matches_the_uninterrupted_run(demo):
       np.testing.assert_array_equal(batch['labels'], whole[step]['labels'])
 
 
+def test_step_n_holds_stream_positions_n_times_batch_of_the_file_order(demo):
+  # In the known order the stream is the split's file, epoch after epoch (tests/stream.py):
+  # an expectation that shares nothing with the pipeline. 90 examples, batch 16: step 5
+  # spans two epochs.
+  cfg = demo.config(**stream.KNOWN_ORDER)
+  for start in (0, 5):
+    for step, batch in enumerate(_take(ip.train_dataset(cfg, 16, start_step=start), 2), start):
+      images, labels = stream.train_batch(cfg, step, 16)
+      np.testing.assert_array_equal(batch['labels'], labels, err_msg=f'step {step}')
+      np.testing.assert_array_equal(batch['images'], images, err_msg=f'step {step}')
+
+
 def test_processes_read_disjoint_parts(demo):
   cfg = demo.config()
   epochs = []
@@ -345,15 +358,16 @@ def test_processes_read_disjoint_parts(demo):
 
 def test_train_batches_are_sharded_uint8_global_arrays(demo):
   mesh = _mesh(4, 2)
-  cfg = demo.config()
+  cfg = demo.config(**stream.KNOWN_ORDER)
   batches = ip.train_batches(cfg, 16, mesh, start_step=2)
   first = next(batches)
   assert first['images'].shape == (16, IMAGE_SIZE, IMAGE_SIZE, 3)
   assert first['images'].dtype == np.uint8 and first['labels'].dtype == np.int32
   assert first['images'].sharding == jax.NamedSharding(mesh, jax.P('data'))
   assert len(first['images'].addressable_shards) == 8
-  expected = _take(ip.train_dataset(cfg, 16, start_step=2), 1)[0]
-  np.testing.assert_array_equal(np.asarray(first['images']), expected['images'])
+  images, labels = stream.train_batch(cfg, 2, 16)  # positions 32..47 of the file
+  np.testing.assert_array_equal(np.asarray(first['images']), images)
+  np.testing.assert_array_equal(np.asarray(first['labels']), labels)
   with pytest.raises(ValueError, match='divisible'):
     next(ip.train_batches(cfg, 6, mesh))
 

@@ -17,12 +17,18 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from alexnet_jax import config as config_lib
 from alexnet_jax import distributed
 from alexnet_jax import metrics
+from alexnet_jax import preprocess
 from tests import cli
+from tests import meshes
+from tests import reference
+from tests import stream
+from tests import training
 
 TINY = dict(mode='train', image_size=67, width=0.125, init='he', num_classes=1000,
             batch_size=16, learning_rate=0.001, schedule='constant', train_split='train[:16]',
@@ -94,6 +100,24 @@ def _evals(workdir):
   return {r['step']: r for r in _records(workdir) if 'top1' in r}
 
 
+def _reference_run(demo, steps):
+  """The paper's SGD on the grouped reference net, every batch the whole split.
+
+  Returns ({step: loss}, the eval split's (top-1, top-5, loss) after the last step).
+  """
+  cfg = config_lib.DataConfig(data_dir=demo.data_dir, train_split=TINY['train_split'],
+                               eval_split=TINY['eval_split'], image_size=TINY['image_size'],
+                               **stream.KNOWN_ORDER)
+  images, labels = stream.train_batch(cfg, 0, TINY['batch_size'])  # in any order: the mean
+  inputs = images.astype(np.float32) - preprocess.CHANNEL_MEAN
+  losses, params = reference.paper_sgd(meshes.host_params(training.MODEL),
+                                       [(inputs, labels)] * steps,
+                                       learning_rate=TINY['learning_rate'])
+  crops, labels = stream.eval_examples(cfg)
+  return (dict(enumerate(losses, start=1)),
+          reference.scores(params, crops[:, 0] - preprocess.CHANNEL_MEAN, labels))
+
+
 @pytest.fixture(scope='module')
 def preempted(demo, tmp_path_factory):
   """Two processes train until process 1 alone gets a SIGTERM: (workdir, stderr, status)."""
@@ -137,17 +161,22 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_saves_it(preempted, s
 
 
 def test_two_processes_train_and_evaluate_like_one_process_with_four_devices(
-    preempted, stop_step, one_process):
+    demo, preempted, stop_step, one_process):
   two, one = _losses(preempted[0]), _losses(one_process)
   assert sorted(two) == sorted(one) == list(range(1, stop_step + 1))
   for step in one:
     assert two[step] == pytest.approx(one[step], rel=1e-5), step
+  losses, (top1, top5, eval_loss) = _reference_run(demo, 2)  # what both should compute
+  for step, loss in losses.items():
+    assert one[step] == pytest.approx(loss, rel=1e-4), step
   evals_two, evals_one = _evals(preempted[0]), _evals(one_process)
   assert 2 in evals_two
   for step in set(evals_two) & set(evals_one):
     assert (evals_two[step]['top1'], evals_two[step]['top5']) == (
         evals_one[step]['top1'], evals_one[step]['top5'])
     assert evals_two[step]['eval_loss'] == pytest.approx(evals_one[step]['eval_loss'], rel=1e-5)
+  assert (evals_one[2]['top1'], evals_one[2]['top5']) == pytest.approx((top1, top5), abs=1e-9)
+  assert evals_one[2]['eval_loss'] == pytest.approx(eval_loss, rel=1e-4)
 
 
 def test_their_checkpoint_restores_in_one_process_and_evaluates_the_same(
@@ -230,6 +259,7 @@ def test_a_tower_pair_split_over_two_processes_reads_one_part_of_the_data(demo, 
                         cpu_devices=2)
   assert single.returncode == 0, single.stderr
   assert _losses(f'{tmp_path}/pair') == _losses(f'{tmp_path}/single')
+  assert _losses(f'{tmp_path}/single') == pytest.approx(_reference_run(demo, 2)[0], rel=1e-4)
   pair, alone = _evals(f'{tmp_path}/pair')[2], _evals(f'{tmp_path}/single')[2]
   assert (pair['top1'], pair['top5']) == (alone['top1'], alone['top5'])
 

@@ -75,28 +75,43 @@ def test_dropout_is_reproducible_and_independent_of_the_mesh():
   np.testing.assert_allclose(first, single, rtol=1e-5, atol=1e-5)
 
 
-def test_dropout_masks_differ_between_towers():
-  config = dataclasses.replace(meshes.TINY, width=0.25)
-  params = meshes.host_params(config)
-  images, _ = meshes.batch(config)
-  net = model_lib.AlexNet(config)
+def test_dropout_masks_are_independent_coin_flips_across_towers_layers_and_examples():
+  # Tower 2 gets tower 1's weights, so both towers compute the same fc6 and fc7 inputs:
+  # only the dropout keys (seed, layer, tower, example) can make their masks differ.
+  params = dict(meshes.host_params())
+  for name in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7'):
+    params[name] = jax.tree.map(lambda p: p.at[1].set(p[0]), params[name])
+  images, _ = meshes.batch()
+  net = model_lib.AlexNet(meshes.TINY)
 
   @jax.jit
-  def fc6_outputs(params, images):
-    return [net.apply({'params': params}, images, train=train, dropout_rng=jax.random.key(7),
-                      mutable=['intermediates'])[1]['intermediates']['fc6_output'][0]
-            for train in (False, True)]
+  def layers(params, images):
+    _, state = net.apply({'params': params}, images, train=True, dropout_rng=jax.random.key(7),
+                         capture_intermediates=True, mutable=['intermediates'])
+    inter = state['intermediates']
+    return {name: (inter[name]['__call__'][0], inter[f'{name}_output'][0])  # before, after
+            for name in ('fc6', 'fc7')}
 
-  kept, dropped = [[np.asarray(h) for h in towers] for towers in fc6_outputs(params, images)]
+  kept, active = {}, {}
+  for name, (before, after) in layers(params, images).items():
+    before, after = np.asarray(before), np.asarray(after)
+    np.testing.assert_array_equal(before[0], before[1])  # the same activations in both towers
+    active[name] = before[0] > 0  # what the ReLU passes: dropout decides only these
+    kept[name] = after != 0
+    # Survivors are scaled by 1 / (1 - rate); about half the active units are dropped.
+    np.testing.assert_allclose(after[kept[name]], 2 * before[kept[name]], rtol=1e-6)
+    assert 0.4 < kept[name][:, active[name]].mean() < 0.6
 
-  dropped_masks = [(k != 0) & (d == 0) for k, d in zip(kept, dropped)]
-  active = [(k != 0) for k in kept]
-  for mask, act in zip(dropped_masks, active):
-    assert 0.4 < mask.sum() / act.sum() < 0.6  # about half the active units are dropped
-  assert not np.array_equal(dropped_masks[0], dropped_masks[1])
-  # Survivors are scaled by 1 / (1 - rate).
-  survivors = (dropped[0] != 0)
-  np.testing.assert_allclose(dropped[0][survivors], 2 * kept[0][survivors], rtol=1e-6)
+  def agreement(a, b, where):
+    """How often two masks agree where both decide: 1/2 for independent fair coins."""
+    return (a == b)[np.broadcast_to(where, a.shape)].mean()
+
+  for name, mask in kept.items():
+    assert 0.4 < agreement(mask[0], mask[1], active[name]) < 0.6, name  # towers
+    assert 0.4 < agreement(mask[:, :-1], mask[:, 1:],
+                           active[name][:-1] & active[name][1:]) < 0.6, name  # examples
+  # fc6 and fc7 have the same width here.
+  assert 0.4 < agreement(kept['fc6'], kept['fc7'], active['fc6'] & active['fc7']) < 0.6
 
 
 def test_mesh_parsing_and_defaults():

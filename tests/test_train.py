@@ -4,8 +4,10 @@ import dataclasses
 import glob
 import json
 import os
+import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,10 +15,13 @@ from alexnet_jax import config as config_lib
 from alexnet_jax import checkpoints
 from alexnet_jax import metrics
 from alexnet_jax import optimizer
+from alexnet_jax import parallel
 from alexnet_jax import preprocess
 from alexnet_jax import synthetic_data
 from alexnet_jax import train
 from tests import meshes
+from tests import reference
+from tests import stream
 from tests import training
 
 
@@ -30,6 +35,23 @@ def uninterrupted(demo, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('uninterrupted')
   result = training.run(demo, workdir, profile_steps=1)
   return workdir, result
+
+
+@pytest.fixture(scope='module')
+def trainer():
+  """The train step of the demo runs (tests/training.py) on one device, compiled once."""
+  return _trainer(training.MODEL, training.OPTIMIZER, batch_size=training.LOOP.batch_size,
+                  total_steps=training.LOOP.num_train_steps,
+                  pca_std=config_lib.DataConfig.pca_std, seed=training.LOOP.seed,
+                  normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN))
+
+
+def _trainer(model_config, opt_config, **step_options):
+  """The mesh (1, 1), its jitted step and init_state(rng) for one configuration."""
+  mesh = meshes.mesh(1, 1)
+  return types.SimpleNamespace(
+      mesh=mesh, step=train.make_train_step(model_config, opt_config, mesh, **step_options),
+      init_state=lambda rng: train.init_state(model_config, opt_config, mesh, rng))
 
 
 def _one_step(shape):
@@ -55,6 +77,35 @@ def test_training_steps_are_the_same_on_every_mesh():
                  params, single)
 
 
+def test_two_training_steps_are_the_papers_sgd_on_the_reference_net():
+  # Without dropout and colour noise a step is the grouped reference net's gradient fed
+  # to the update rule written out (tests/reference.py): nothing shared but the weights.
+  config = dataclasses.replace(meshes.TINY, dropout_rate=0.0)
+  # Standardized inputs keep the loss near log(10), where the steps stay small.
+  normalizer = preprocess.Normalizer(preprocess.CHANNEL_MEAN, preprocess.CHANNEL_STD)
+  plain = _trainer(config, config_lib.OptimizerConfig(), batch_size=8, total_steps=10,
+                   pca_std=0.0, seed=3, normalizer=normalizer)
+  mesh = plain.mesh
+  batches = synthetic_data.synthetic_batches(8, 67, 10, mesh, seed=1)
+  host_batches, losses = [], []
+  with jax.set_mesh(mesh):
+    state = plain.init_state(jax.random.key(0))
+    for _ in range(2):
+      batch = next(batches)
+      state, metrics_ = plain.step(state, batch)
+      losses.append(float(metrics_['loss']))
+      inputs = (np.asarray(batch['images'], np.float32) - normalizer.mean) / normalizer.std
+      host_batches.append((inputs, np.asarray(batch['labels'])))
+  start = meshes.host_params()
+  want_losses, want = reference.paper_sgd(start, host_batches, learning_rate=0.01)
+  assert losses == pytest.approx(want_losses, rel=1e-5)
+  # The parameters moved as the rule says, to 0.1% of each layer's largest move.
+  moved = lambda params: jax.tree.map(lambda p, p0: np.asarray(p) - np.asarray(p0), params, start)
+  jax.tree.map(lambda got, expected: np.testing.assert_allclose(
+      got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max()),
+               moved(jax.device_get(state.params)), moved(want))
+
+
 def test_a_short_run_learns_and_leaves_its_files(uninterrupted):
   workdir, result = uninterrupted
   losses = _losses(workdir)
@@ -67,6 +118,61 @@ def test_a_short_run_learns_and_leaves_its_files(uninterrupted):
   assert glob.glob(f'{workdir}/profile/plugins/profile/*/*.xplane.pb')  # --profile_steps
   # Checkpoints: the newest three plus the best by top-1 (eval at 3 and 6).
   assert {4, 6} <= set(checkpoints.Checkpoints(str(workdir), {}).steps())
+
+
+def test_step_n_trained_on_the_batch_at_stream_position_n_times_batch(demo, uninterrupted,
+                                                                    trainer):
+  # The batches come from the split's file (tests/stream.py), not through the pipeline:
+  # a run one batch early or late, fresh or resumed, logs other losses.
+  workdir, _ = uninterrupted
+  cfg, batch = training.data(demo), training.LOOP.batch_size
+  data = parallel.batch_sharding(trainer.mesh)
+  expected = []
+  with jax.set_mesh(trainer.mesh):
+    state = trainer.init_state(jax.random.key(training.LOOP.seed))
+    for step in range(training.LOOP.num_train_steps):
+      images, labels = stream.train_batch(cfg, step, batch)
+      state, metrics_ = trainer.step(state, {'images': jax.device_put(images, data),
+                                             'labels': jax.device_put(labels, data)})
+      expected.append(float(metrics_['loss']))
+  logged = _losses(workdir)  # the loss logged at step N + 1 is that of step N
+  assert [logged[step + 1] for step in range(len(expected))] == pytest.approx(expected, rel=1e-6)
+
+
+def test_checkpoints_saved_at_an_evaluation_carry_its_top1(uninterrupted):
+  workdir, _ = uninterrupted
+  saved = checkpoints.Checkpoints(str(workdir), {}, read_only=True)
+  try:
+    carried = {step: saved.manager.metrics(step) for step in saved.steps()}
+  finally:
+    saved.close()
+  top1 = {step: json.load(open(f'{workdir}/eval/train_90_step{step}.json'))['top1']
+          for step in (3, 6)}
+  # Saved at 2, 3, 4 and 6, evaluated at 3 and 6; the newest three are kept.
+  assert carried == {3: {'top1': top1[3]}, 4: None, 6: {'top1': top1[6]}}
+
+
+def test_the_best_checkpoint_outlives_rotation_and_restarts_and_eval_finds_it(trainer, tmp_path):
+  # Keeping one recent checkpoint, the best by top-1 is older than the newest, and must
+  # survive saves made after a restart (a resumed run) too.
+  config = dataclasses.asdict(training.MODEL)
+  with jax.set_mesh(trainer.mesh):
+    state = trainer.init_state(jax.random.key(0))
+  top1 = {1: 0.2, 2: 0.6, 3: None, 4: 0.1, 5: 0.3, 6: None}
+  for steps in ((1, 2, 3), (4, 5, 6)):
+    saved = checkpoints.Checkpoints(str(tmp_path), config, keep=1)
+    for step in steps:
+      params = jax.tree.map(lambda p, step=step: p * step, state.params)  # tells them apart
+      saved.save(step, state.replace(step=jnp.int32(step), params=params),
+                 None if top1[step] is None else {'top1': top1[step]})
+    saved.close()
+  assert sorted(int(d) for d in os.listdir(f'{tmp_path}/checkpoints') if d.isdigit()) == [2, 6]
+  # eval and predict restore what --checkpoint_step names, else the newest.
+  step, params = train.restore_params(training.MODEL, trainer.mesh, str(tmp_path), step=2)
+  assert step == 2
+  jax.tree.map(lambda got, p: np.testing.assert_array_equal(got, 2 * np.asarray(p)),
+               jax.device_get(params), jax.device_get(state.params))
+  assert train.restore_params(training.MODEL, trainer.mesh, str(tmp_path))[0] == 6
 
 
 def test_resumed_run_continues_exactly(demo, uninterrupted, tmp_path):
@@ -87,6 +193,14 @@ def test_checkpoint_restores_onto_another_mesh_and_evaluates_the_same(demo, tmp_
     again = _evaluate(demo, params, shape)
     assert again['top1'] == result['top1'] and again['top5'] == result['top5']
     assert again['loss'] == pytest.approx(result['loss'], rel=1e-5)
+  # What every mesh reports is what the grouped reference net scores on the eval
+  # examples read from their file (one crop each, the channel mean subtracted).
+  crops, labels = stream.eval_examples(training.data(demo))
+  top1, top5, loss = reference.scores(jax.device_get(params),
+                                      crops[:, 0] - preprocess.CHANNEL_MEAN, labels)
+  assert result['num_examples'] == len(labels)
+  assert (result['top1'], result['top5']) == pytest.approx((top1, top5), abs=1e-9)
+  assert result['loss'] == pytest.approx(loss, rel=1e-4)
 
 
 def _evaluate(demo, params, shape):

@@ -1,4 +1,8 @@
-"""Small training runs on the demo ImageNet, shared by the training tests."""
+"""Small training runs on the demo ImageNet, shared by the training tests.
+
+They read the stream whose order is known without the input pipeline (tests/stream.py),
+so what each step trained on can be checked against the files themselves.
+"""
 
 import dataclasses
 
@@ -7,6 +11,7 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import optimizer
 from alexnet_jax import train
 from tests import meshes
+from tests import stream
 
 MODEL = config_lib.ModelConfig(num_classes=1000, image_size=67, width=0.125, init='he')
 OPTIMIZER = config_lib.OptimizerConfig(learning_rate=0.001, schedule='constant')
@@ -15,7 +20,7 @@ LOOP = config_lib.TrainConfig(batch_size=8, num_train_steps=6, eval_every_steps=
 
 
 def data(demo, **overrides):
-  return demo.config(image_size=MODEL.image_size, **overrides)
+  return demo.config(image_size=MODEL.image_size, **{**stream.KNOWN_ORDER, **overrides})
 
 
 def run(demo, workdir, shape=(1, 1), model=MODEL, opt=OPTIMIZER, **loop):
