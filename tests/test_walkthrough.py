@@ -186,3 +186,8 @@ def test_bad_flags_fail_with_one_line_and_write_nothing(tmp_path):
       f'python -m {MODULE}: error: image_size 20 is too small: the feature map vanishes before '
       f'fc6. Use at least {model_lib.smallest_image_size(PAPER)}.']
   assert not os.listdir(tmp_path)
+  (tmp_path / 'file').write_text('')
+  result = run_module(MODULE, '--out=file/WALKTHROUGH.md', cwd=str(tmp_path), timeout=60)
+  assert result.returncode != 0
+  (line,) = result.stderr.strip().splitlines()
+  assert line.startswith(f'python -m {MODULE}: error: ') and 'file' in line

@@ -444,9 +444,12 @@ def parse(argv) -> Options:
 
 def main(argv=None) -> None:
   options = parse(argv)
+  out_dir = os.path.dirname(os.path.abspath(options.out))
   try:
     config = options.model_config()
-  except ValueError as error:
+    for folder in (out_dir, os.path.dirname(os.path.abspath(options.figure))):
+      os.makedirs(folder, exist_ok=True)   # before the compile: a bad path fails at once
+  except (ValueError, OSError) as error:
     print(f'{COMMAND}: error: {error}', file=sys.stderr)
     sys.exit(2)
   # A mesh of one tower per CPU device, as in 2012, on any machine.
@@ -457,10 +460,8 @@ def main(argv=None) -> None:
   forward = {layer: e.bytes_per_image for (layer, direction), e in traffic.crossings.items()
              if direction == 'forward'}
   tower_figure.draw(config, forward, options.figure)
-  out_dir = os.path.dirname(os.path.abspath(options.out))
   link = os.path.relpath(os.path.abspath(options.figure), out_dir)
   text = render(options, config, traffic, mesh, link)
-  os.makedirs(out_dir, exist_ok=True)
   with open(options.out, 'w', encoding='utf-8') as f:
     f.write(text)
   print(f'Wrote {options.out} and {options.figure}')
