@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alexnet_jax import config as config_lib
 from alexnet_jax import model as model_lib
-from alexnet_jax import summary
+from alexnet_jax.tools import summary
 from alexnet_jax.tools import tower_figure
 from alexnet_jax.tools import walkthrough
 from tests.cli import ROOT, run_module
 
 MODULE = 'alexnet_jax.tools.walkthrough'
 DOC = os.path.join(ROOT, 'docs', 'WALKTHROUGH.md')
-PAPER = model_lib.ModelConfig()
+PAPER = config_lib.ModelConfig()
 NUMBER = r'\d[\d,]*'
 
 
@@ -153,9 +154,9 @@ def _expected_numbers(spec, config) -> list[int]:
 
 
 @pytest.mark.parametrize('config', [
-    model_lib.ModelConfig(num_classes=10, image_size=67, width=0.0625),
-    model_lib.ModelConfig(num_classes=10, image_size=224, width=0.0625, overlapping_pool=False),
-    model_lib.ModelConfig(towers=1, num_classes=10, image_size=67, width=0.0625),
+    config_lib.ModelConfig(num_classes=10, image_size=67, width=0.0625),
+    config_lib.ModelConfig(num_classes=10, image_size=224, width=0.0625, overlapping_pool=False),
+    config_lib.ModelConfig(towers=1, num_classes=10, image_size=67, width=0.0625),
 ], ids=['two-towers', 'padded-224', 'one-tower'])
 def test_figure_2_is_written_and_draws_the_numbers_of_layer_specs(tmp_path, config):
   specs = model_lib.layer_specs(config)

@@ -1,17 +1,18 @@
 """What the towers exchange at each crossing, in bytes per image, read from the compiled step.
 
-The same route as --mode=summary: compile the training step on a mesh, read its
-collectives out of the HLO (`communication.collectives`) and divide what one device
-receives by its batch. Only collectives over the 'tower' axis are crossings.
+The same route as --mode=summary (`summary.step_collectives`): the collectives of the
+compiled training step, what one device receives divided by its batch. Only collectives
+over the 'tower' axis are crossings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from alexnet_jax import communication
-from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
+from alexnet_jax.config import ModelConfig
+from alexnet_jax.tools import communication
+from alexnet_jax.tools import summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +29,10 @@ class CompiledTraffic:
   crossings: dict[tuple[str, str], Exchange]  # (layer, 'forward' | 'backward') -> exchange
 
 
-def compiled_traffic(config: model_lib.ModelConfig, mesh, global_batch: int,
+def compiled_traffic(config: ModelConfig, mesh, global_batch: int,
                      lower_step) -> CompiledTraffic:
   """Compiles lower_step(config, mesh, global_batch) and sums its tower collectives per crossing."""
-  compiled_text = lower_step(config, mesh, global_batch).compile().as_text()
-  ops = communication.collectives(compiled_text, mesh)
-  local_batch = global_batch // mesh.shape[parallel.DATA]
+  ops, local_batch = summary.step_collectives(config, mesh, global_batch, lower_step)
   received, kinds = {}, {}
   for op in ops:
     if op.axis != parallel.TOWER:

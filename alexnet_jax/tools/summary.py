@@ -85,14 +85,23 @@ def communication_report(ops, mesh, local_batch: int) -> str:
           f'per image = per step / {local_batch} (the per-device batch).')
 
 
+def step_collectives(config: ModelConfig, mesh, global_batch: int,
+                     lower_step) -> tuple[list[communication.Collective], int]:
+  """(the collectives of the compiled training step, the per-device batch).
+
+  lower_step(config, mesh, global_batch) -> jax Lowered.
+  """
+  compiled_text = lower_step(config, mesh, global_batch).compile().as_text()
+  return (communication.collectives(compiled_text, mesh),
+          global_batch // mesh.shape[parallel.DATA])
+
+
 def run(config: ModelConfig, mesh, global_batch: int, lower_step) -> str:
   """Builds the whole summary. lower_step(config, mesh, global_batch) -> jax Lowered."""
   lines = [f'AlexNet, {config.towers} tower(s), {config.num_classes} classes, '
            f'{config.image_size}x{config.image_size} input, width x{config.width}', '',
            format_layer_table(config), '']
-  compiled_text = lower_step(config, mesh, global_batch).compile().as_text()
-  ops = communication.collectives(compiled_text, mesh)
-  local_batch = global_batch // mesh.shape[parallel.DATA]
+  ops, local_batch = step_collectives(config, mesh, global_batch, lower_step)
   lines += [f'Communication of the compiled training step on mesh {dict(mesh.shape)} '
             f'({jax.devices()[0].platform}, global batch {global_batch}):',
             communication_report(ops, mesh, local_batch), '']

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib import patches  # pylint: disable=g-import-not-at-top
 
 from alexnet_jax import model as model_lib
+from alexnet_jax.config import ModelConfig
 
 COLUMN = 1.0          # horizontal distance between layers (data units)
 BOX_WIDTH = 0.66
@@ -43,7 +44,7 @@ def _shape(size: int, channels: int) -> str:
   return f'{size}×{size}×{channels}'
 
 
-def layer_text(spec: model_lib.LayerSpec, config: model_lib.ModelConfig) -> str:
+def layer_text(spec: model_lib.LayerSpec, config: ModelConfig) -> str:
   """What one tower's box of this layer says (the box of fc8 when it sums the towers)."""
   if spec.is_conv:
     (before, after), _ = spec.padding
@@ -66,7 +67,7 @@ def layer_text(spec: model_lib.LayerSpec, config: model_lib.ModelConfig) -> str:
   return '\n'.join(lines)
 
 
-def draw(config: model_lib.ModelConfig, crossing_bytes: dict[str, float], path: str) -> list[Label]:
+def draw(config: ModelConfig, crossing_bytes: dict[str, float], path: str) -> list[Label]:
   """Writes the figure to `path` (PNG); returns its labels.
 
   crossing_bytes: crossing layer -> bytes per image one device receives in the forward pass.

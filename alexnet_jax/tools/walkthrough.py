@@ -18,11 +18,12 @@ import sys
 import jax
 import jax.numpy as jnp
 
+from alexnet_jax import config as config_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
-from alexnet_jax import summary
 from alexnet_jax import train
 from alexnet_jax.tools import crossing_traffic
+from alexnet_jax.tools import summary
 from alexnet_jax.tools import tower_figure
 
 COMMAND = 'python -m alexnet_jax.tools.walkthrough'
@@ -35,15 +36,15 @@ PAPER_SIZE = 224    # the input side the paper's text gives
 @dataclasses.dataclass(frozen=True)
 class Options:
   """The command's flags: the model's (named as in main) and where to write."""
-  towers: int = model_lib.ModelConfig.towers
-  width: float = model_lib.ModelConfig.width
-  image_size: int = model_lib.ModelConfig.image_size
-  num_classes: int = model_lib.ModelConfig.num_classes
+  towers: int = config_lib.ModelConfig.towers
+  width: float = config_lib.ModelConfig.width
+  image_size: int = config_lib.ModelConfig.image_size
+  num_classes: int = config_lib.ModelConfig.num_classes
   out: str = 'docs/WALKTHROUGH.md'
   figure: str = 'docs/figure2.png'
 
-  def model_config(self) -> model_lib.ModelConfig:
-    config = model_lib.ModelConfig(towers=self.towers, width=self.width,
+  def model_config(self) -> config_lib.ModelConfig:
+    config = config_lib.ModelConfig(towers=self.towers, width=self.width,
                                    image_size=self.image_size, num_classes=self.num_classes)
     config.validate()
     return config
@@ -90,12 +91,12 @@ def conv_side(spec: model_lib.LayerSpec, size: int) -> tuple[str, int]:
   return output_side(size, spec.kernel, spec.stride, spec.padding[0])
 
 
-def pool_side(size: int, config: model_lib.ModelConfig) -> tuple[str, int]:
+def pool_side(size: int, config: config_lib.ModelConfig) -> tuple[str, int]:
   window, stride = model_lib.pool_window(config)
   return output_side(size, window, stride)
 
 
-def input_sides(config: model_lib.ModelConfig) -> list[int]:
+def input_sides(config: config_lib.ModelConfig) -> list[int]:
   """The spatial side each layer reads (0 for the fully-connected layers)."""
   specs = model_lib.layer_specs(config)
   sides = [config.image_size] + [spec.out_size for spec in specs[:-1]]
@@ -149,7 +150,7 @@ def _formula(config) -> list[str]:
 def _input_size(config) -> list[str]:
   conv1 = model_lib.layer_specs(dataclasses.replace(config, image_size=PAPER_SIZE))[0]
   unpadded, _ = output_side(PAPER_SIZE, conv1.kernel, conv1.stride, (0, 0))
-  sides = sorted({PAPER_SIZE, model_lib.ModelConfig.image_size, config.image_size})
+  sides = sorted({PAPER_SIZE, config_lib.ModelConfig.image_size, config.image_size})
   rows, outputs = [], set()
   for size in sides:
     spec = model_lib.layer_specs(dataclasses.replace(config, image_size=size))[0]
@@ -159,7 +160,7 @@ def _input_size(config) -> list[str]:
   verdict = ('so these sides give the same net:' if len(outputs) == 1 else
              'which gives these sides:')
   return [
-      f'## {model_lib.ModelConfig.image_size} or {PAPER_SIZE}?', '',
+      f'## {config_lib.ModelConfig.image_size} or {PAPER_SIZE}?', '',
       f'The paper\'s text gives a {_shape(PAPER_SIZE, 3)} input and a {conv1.conv_size}×'
       f'{conv1.conv_size} conv1 output. Without padding conv1 ({conv1.kernel}×{conv1.kernel}, '
       f'stride {conv1.stride}) does not give that:', '', f'    {unpadded}', '',
@@ -449,13 +450,13 @@ def main(argv=None) -> None:
     config = options.model_config()
     for folder in (out_dir, os.path.dirname(os.path.abspath(options.figure))):
       os.makedirs(folder, exist_ok=True)   # before the compile: a bad path fails at once
-  except (ValueError, OSError) as error:
+  except (config_lib.UserError, OSError) as error:
     print(f'{COMMAND}: error: {error}', file=sys.stderr)
     sys.exit(2)
   # A mesh of one tower per CPU device, as in 2012, on any machine.
   jax.config.update('jax_platforms', 'cpu')
   jax.config.update('jax_num_cpu_devices', config.towers)
-  mesh = parallel.make_mesh(parallel.MeshShape(1, config.towers), jax.devices()[:config.towers])
+  mesh = parallel.make_mesh(config_lib.MeshShape(1, config.towers), jax.devices()[:config.towers])
   traffic = crossing_traffic.compiled_traffic(config, mesh, COMPILE_BATCH, train.lower_train_step)
   forward = {layer: e.bytes_per_image for (layer, direction), e in traffic.crossings.items()
              if direction == 'forward'}
