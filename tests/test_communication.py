@@ -8,7 +8,6 @@ import optax
 import pytest
 
 from alexnet_jax.tools import communication
-from alexnet_jax import config as config_lib
 from alexnet_jax import parallel
 from tests import meshes
 

@@ -14,7 +14,6 @@ import pytest
 from alexnet_jax import config as config_lib
 from alexnet_jax import checkpoints
 from alexnet_jax import metrics
-from alexnet_jax import optimizer
 from alexnet_jax import parallel
 from alexnet_jax import preprocess
 from alexnet_jax import synthetic_data

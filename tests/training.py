@@ -7,8 +7,6 @@ so what each step trained on can be checked against the files themselves.
 import dataclasses
 
 from alexnet_jax import config as config_lib
-from alexnet_jax import model as model_lib
-from alexnet_jax import optimizer
 from alexnet_jax import train
 from tests import meshes
 from tests import stream
