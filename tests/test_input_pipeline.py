@@ -368,8 +368,14 @@ def test_train_batches_are_sharded_uint8_global_arrays(demo):
   images, labels = stream.train_batch(cfg, 2, 16)  # positions 32..47 of the file
   np.testing.assert_array_equal(np.asarray(first['images']), images)
   np.testing.assert_array_equal(np.asarray(first['labels']), labels)
-  with pytest.raises(ValueError, match='divisible'):
-    next(ip.train_batches(cfg, 6, mesh))
+  # A batch the data axis cannot split is refused once, before any pipeline is built.
+  experiment = config_lib.Experiment.from_parts(
+      model=config_lib.ModelConfig(), data=cfg, optimizer=config_lib.OptimizerConfig(),
+      train=config_lib.TrainConfig(batch_size=6), mesh=config_lib.MeshConfig(),
+      processes=config_lib.ProcessConfig(), run=config_lib.RunConfig(mode='summary'),
+      benchmark=config_lib.BenchmarkConfig(), visualize=config_lib.VisualizeConfig())
+  with pytest.raises(config_lib.UserError, match='multiple of the data axis'):
+    experiment.mesh_shape(mesh.size)
 
 
 def test_prefetch_keeps_order_and_items():

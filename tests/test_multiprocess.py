@@ -238,11 +238,12 @@ def test_a_slurm_job_step_of_several_tasks_starts_jax_distributed(tasks, starts)
     (dict(num_processes=2), 'go together'),
     (dict(coordinator_address='localhost:1', num_processes=2, process_id=2), 'process_id'),
     (dict(coordinator_address='localhost', num_processes=2, process_id=0), 'host:port'),
-    (dict(mode='off', coordinator_address='h:1', num_processes=2, process_id=0), 'contradicts'),
+    (dict(distributed='off', coordinator_address='h:1', num_processes=2, process_id=0),
+     'contradicts'),
     (dict(heartbeat_timeout=0), 'at least 1'),
 ])
 def test_process_flags_that_cannot_start_are_refused(fields, message):
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(config_lib.UserError, match=message):
     config_lib.ProcessConfig(**fields).validate()
 
 
