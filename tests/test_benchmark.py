@@ -34,6 +34,7 @@ def test_flops_follow_the_stated_convention():
   assert benchmark.flops_per_trained_image(meshes.TINY) == 6 * TINY_MACS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('shape, profile_steps', [((1, 1), 1), ((2, 2), 0)])
 def test_benchmark_writes_sane_json(tmp_path, shape, profile_steps):
   mesh = meshes.mesh(*shape)
@@ -67,6 +68,7 @@ def test_benchmark_writes_sane_json(tmp_path, shape, profile_steps):
     assert result['profile'] is None
 
 
+@pytest.mark.slow
 def test_benchmark_mode_needs_no_tensorflow(tmp_path):
   # An import of TensorFlow (or TFDS) anywhere on the way raises ImportError.
   code = ("import runpy, sys\n"

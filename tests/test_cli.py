@@ -5,6 +5,7 @@ import pytest
 from tests.cli import run_main
 
 
+@pytest.mark.slow
 def test_summary_of_the_paper_net():
   result = run_main('--mode=summary')
   assert result.returncode == 0, result.stderr
@@ -18,6 +19,7 @@ def test_summary_of_the_paper_net():
   assert 'No collectives' in result.stdout  # one device holds both towers
 
 
+@pytest.mark.slow
 def test_summary_reports_the_crossings_of_a_tower_mesh():
   result = run_main('--mode=summary', '--mesh=data:2,tower:2', '--cpu_devices=4',
                     '--batch_size=8', '--width=0.125', '--image_size=67', '--num_classes=10')

@@ -63,6 +63,7 @@ def straight_run(demo, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_kill_9_resumes_from_the_newest_complete_checkpoint_exactly(demo, straight_run, tmp_path):
   killed_at = int(np.random.default_rng().integers(4, STEPS - 1))
   process = _start(_flags(demo, tmp_path))
@@ -85,6 +86,7 @@ def test_kill_9_resumes_from_the_newest_complete_checkpoint_exactly(demo, straig
       [straight[s] for s in range(max(saved) + 1, STEPS + 1)]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(demo, tmp_path):
   process = _start(_flags(demo, tmp_path, num_train_steps=1000, checkpoint_every_steps=1000,
                           eval_every_steps=1000))
@@ -97,6 +99,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(demo, tmp_path):
   assert 'after SIGTERM' in stderr
 
 
+@pytest.mark.slow
 def test_eval_mode_reports_what_training_reported(demo, straight_run):
   result = cli.run_main(*_flags(demo, straight_run, mode='eval'))
   assert result.returncode == 0, result.stderr
@@ -107,6 +110,7 @@ def test_eval_mode_reports_what_training_reported(demo, straight_run):
   assert f'at step {STEPS}' in result.stdout
 
 
+@pytest.mark.slow
 def test_predict_prints_top5_and_refuses_a_file_that_is_not_an_image(demo, straight_run,
                                                                       tmp_path):
   image = os.path.join(demo.manual_dir, 'example.png')
@@ -122,6 +126,7 @@ def test_predict_prints_top5_and_refuses_a_file_that_is_not_an_image(demo, strai
   assert bad.returncode != 0 and 'notes.jpg' in bad.stderr and 'Traceback' not in bad.stderr
 
 
+@pytest.mark.slow
 def test_eval_without_checkpoints_is_a_clear_error(demo, tmp_path):
   result = cli.run_main(*_flags(demo, tmp_path, mode='eval'))
   assert result.returncode != 0

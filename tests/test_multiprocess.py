@@ -150,6 +150,7 @@ def one_process(demo, preempted, stop_step, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_one_step_and_saves_it(preempted, stop_step):
   workdir, stderr, _ = preempted
   assert _stops(stderr) == [stop_step, stop_step]
@@ -160,6 +161,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_saves_it(preempted, s
   assert not [d for d in os.listdir(f'{workdir}/checkpoints') if 'tmp' in d]  # complete
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_evaluate_like_one_process_with_four_devices(
     demo, preempted, stop_step, one_process):
   two, one = _losses(preempted[0]), _losses(one_process)
@@ -179,6 +181,7 @@ def test_two_processes_train_and_evaluate_like_one_process_with_four_devices(
   assert evals_one[2]['eval_loss'] == pytest.approx(eval_loss, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_their_checkpoint_restores_in_one_process_and_evaluates_the_same(
     preempted, stop_step, one_process):
   workdir = preempted[0]
@@ -195,6 +198,7 @@ def test_their_checkpoint_restores_in_one_process_and_evaluates_the_same(
   assert restored['loss'] == pytest.approx(expected['eval_loss'], rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('killed', [0, 1])  # 0 also runs the coordination service
 def test_a_killed_process_stops_the_other_with_an_error(demo, tmp_path, killed):
   flagfile = _flagfile(demo, tmp_path / 'tiny.flags')
@@ -247,6 +251,7 @@ def test_process_flags_that_cannot_start_are_refused(fields, message):
     config_lib.ProcessConfig(**fields).validate()
 
 
+@pytest.mark.slow
 def test_a_tower_pair_split_over_two_processes_reads_one_part_of_the_data(demo, tmp_path):
   # The 2012 layout with one process per GPU: device (0, t) of a (1, 2) mesh is process t.
   # Both processes must read the same examples; the run equals one process, two devices.

@@ -67,6 +67,7 @@ def _one_step(shape):
   return jax.device_get(state.params), float(metrics_['loss'])
 
 
+@pytest.mark.slow
 def test_training_steps_are_the_same_on_every_mesh():
   single, loss = _one_step((1, 1))
   for shape in [(1, 2), (2, 2)]:
@@ -105,6 +106,7 @@ def test_two_training_steps_are_the_papers_sgd_on_the_reference_net():
                moved(jax.device_get(state.params)), moved(want))
 
 
+@pytest.mark.slow
 def test_a_short_run_learns_and_leaves_its_files(uninterrupted):
   workdir, result = uninterrupted
   losses = _losses(workdir)
@@ -119,6 +121,7 @@ def test_a_short_run_learns_and_leaves_its_files(uninterrupted):
   assert {4, 6} <= set(checkpoints.Checkpoints(str(workdir), {}).steps())
 
 
+@pytest.mark.slow
 def test_step_n_trained_on_the_batch_at_stream_position_n_times_batch(demo, uninterrupted,
                                                                     trainer):
   # The batches come from the split's file (tests/stream.py), not through the pipeline:
@@ -138,6 +141,7 @@ def test_step_n_trained_on_the_batch_at_stream_position_n_times_batch(demo, unin
   assert [logged[step + 1] for step in range(len(expected))] == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_checkpoints_saved_at_an_evaluation_carry_its_top1(uninterrupted):
   workdir, _ = uninterrupted
   saved = checkpoints.Checkpoints(str(workdir), {}, read_only=True)
@@ -174,6 +178,7 @@ def test_the_best_checkpoint_outlives_rotation_and_restarts_and_eval_finds_it(tr
   assert train.restore_params(training.MODEL, trainer.mesh, str(tmp_path))[0] == 6
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_exactly(demo, uninterrupted, tmp_path):
   workdir, _ = uninterrupted
   training.run(demo, tmp_path, num_train_steps=4)
@@ -184,6 +189,7 @@ def test_resumed_run_continues_exactly(demo, uninterrupted, tmp_path):
       json.load(open(f'{workdir}/eval/train_90_step6.json'))
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_onto_another_mesh_and_evaluates_the_same(demo, tmp_path):
   result = training.run(demo, tmp_path, shape=(2, 2), num_train_steps=3)
   for shape in [(1, 1), (1, 2)]:
@@ -212,6 +218,7 @@ def _evaluate(demo, params, shape):
     return evaluate.evaluate(step, params, input_pipeline.eval_batches(config, 8, mesh))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(demo, tmp_path):
   exploding = dataclasses.replace(training.OPTIMIZER, learning_rate=1e8)
   with pytest.raises(train.NonFiniteLossError, match=r'at step \d+'):
@@ -230,6 +237,7 @@ def _copy_run(source, target):
   return target
 
 
+@pytest.mark.slow
 def test_corrupt_and_half_written_checkpoints_are_skipped(demo, uninterrupted, tmp_path):
   workdir = _copy_run(uninterrupted[0], tmp_path / 'run')
   directory = f'{workdir}/checkpoints'
@@ -252,6 +260,7 @@ def test_corrupt_and_half_written_checkpoints_are_skipped(demo, uninterrupted, t
   assert f'{step + 1}' in open(f'{workdir}/metrics.jsonl').read()
 
 
+@pytest.mark.slow
 def test_a_workdir_whose_checkpoints_are_all_unreadable_is_an_error(uninterrupted, tmp_path):
   workdir = _copy_run(uninterrupted[0], tmp_path / 'run')
   for step in os.listdir(f'{workdir}/checkpoints'):
@@ -263,6 +272,7 @@ def test_a_workdir_whose_checkpoints_are_all_unreadable_is_an_error(uninterrupte
     train.restore_params(training.MODEL, meshes.mesh(1, 1), str(workdir))
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_configuration_is_refused(uninterrupted):
   workdir, _ = uninterrupted
   for change, name in [(dict(width=0.25), 'width'), (dict(towers=1), 'towers'),

@@ -33,6 +33,7 @@ def _png(path) -> np.ndarray:
   return np.asarray(Image.open(path).convert('RGB'))
 
 
+@pytest.mark.slow
 def test_figures_have_the_size_their_grids_define(trained):
   workdir, _ = trained
   # conv1 at width 0.125: 2 towers x 6 kernels of 11 x 11, drawn 44 x 44 with 2 px
@@ -60,6 +61,7 @@ def test_kernel_grid_puts_tower_1_above_tower_2_in_rows_of_16():
   assert (empty == figures.BACKGROUND).all()
 
 
+@pytest.mark.slow
 def test_kernel_figure_follows_the_checkpoint_weights(trained, tmp_path):
   workdir, _ = trained
   _, params = train.restore_params(training.MODEL, meshes.mesh(1, 1),
@@ -96,6 +98,7 @@ def test_color_fraction_separates_grey_from_colour_kernels(tmp_path):
   assert towers[0]['mean_color_fraction'] < 1e-9 and towers[1]['mean_color_fraction'] > 0.99
 
 
+@pytest.mark.slow
 def test_a_training_image_is_its_own_nearest_neighbour(trained):
   workdir, summary = trained
   found = summary['nearest_neighbours']
@@ -122,6 +125,7 @@ def test_nearest_keeps_the_same_neighbours_as_a_full_sort():
   np.testing.assert_allclose(nearest.distances, np.sort(distances, 1)[:, :4])
 
 
+@pytest.mark.slow
 def test_curves_of_an_interrupted_and_resumed_run_have_each_step_once(trained, tmp_path):
   workdir, _ = trained
   with open(f'{workdir}/metrics.jsonl') as f:
@@ -145,6 +149,7 @@ def test_curves_of_an_interrupted_and_resumed_run_have_each_step_once(trained, t
   assert os.path.getsize(path) > 10_000
 
 
+@pytest.mark.slow
 def test_results_table_puts_measured_errors_beside_the_paper(trained, tmp_path):
   workdir, summary = trained
   experiments = tmp_path / 'experiments'

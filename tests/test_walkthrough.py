@@ -33,6 +33,7 @@ def committed() -> str:
     return f.read()
 
 
+@pytest.mark.slow
 def test_the_committed_walkthrough_is_what_the_command_writes(tmp_path, committed):
   result = run_module(MODULE, cwd=str(tmp_path))   # the defaults write docs/ under cwd
   assert result.returncode == 0, result.stderr
