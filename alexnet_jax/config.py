@@ -7,10 +7,14 @@ combination that cannot run, before anything is compiled or read.
 
 from __future__ import annotations
 
+import math
+import os
+
 from absl import flags
 
 from alexnet_jax import data_config as data_config_lib
 from alexnet_jax import distributed
+from alexnet_jax import errors
 from alexnet_jax import model as model_lib
 from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import parallel
@@ -191,3 +195,25 @@ def train_config() -> train.TrainConfig:
   if config.num_epochs <= 0 and not config.num_train_steps:
     raise ValueError(f'--num_epochs must be positive, got {config.num_epochs}.')
   return config
+
+
+# ----------------------------------------------------------------------------------
+# Issue 12: resuming with another batch size; checks of values no config catches.
+
+ALLOW_BATCH_CHANGE = flags.DEFINE_bool(
+    'allow_batch_change', False, 'Resume a checkpoint trained with another --batch_size: the '
+    'input continues after the examples it has seen (without this flag such a resume is '
+    'refused, since counting steps would replay or skip data).')
+
+
+def check_flag_values() -> None:
+  """UserError for what the configs cannot see: NaN or infinite numbers, --cpu_devices < 1,
+  a file where a directory is expected. Called first, before any config is built."""
+  for name, value in sorted(flags.FLAGS.flag_values_dict().items()):
+    if isinstance(value, float) and not math.isfinite(value):
+      raise errors.UserError(f'--{name}={value} must be a finite number.')
+  if CPU_DEVICES.value is not None and CPU_DEVICES.value < 1:
+    raise errors.UserError(f'--cpu_devices must be at least 1, got {CPU_DEVICES.value}.')
+  for flag in (WORKDIR, DATA_DIR, MANUAL_DIR):
+    if flag.value and os.path.exists(flag.value) and not os.path.isdir(flag.value):
+      raise errors.UserError(f'--{flag.name}={flag.value} is a file; it must be a directory.')
