@@ -123,6 +123,7 @@ class Checkpoints:
     if step in self.manager.all_steps():
       return
     digests, _ = integrity.summarize(state)
+    self.wait()  # orbax would wait too, and raise the previous save's error as this one's
     self._saving = step
     try:
       self.manager.save(step, args=ocp.args.Composite(

@@ -29,7 +29,7 @@ USER_ERRORS = (errors.UserError, ValueError, FileNotFoundError, FloatingPointErr
 # Warnings every read-only checkpoint open (eval, predict) and every imagenet2012
 # preparation (there is no test tar) would print.
 _EXPECTED_WARNINGS = ('Given directory is read only',
-                      'ImageNet 2012 Challenge test split not found')
+                      'ImageNet 2012 Challenge %s split not found')
 
 
 def _quiet_libraries() -> None:

@@ -154,3 +154,115 @@ def test_checkpoint_of_another_configuration_is_refused(uninterrupted):
     other = dataclasses.replace(training.MODEL, **change)
     with pytest.raises(checkpoints.CheckpointMismatchError, match=name):
       train.restore_params(other, training.OPTIMIZER, meshes.mesh(1, 1), str(workdir))
+
+
+def _newest_data_file(workdir):
+  directory = f'{workdir}/checkpoints'
+  newest = max(int(d) for d in os.listdir(directory) if d.isdigit())
+  files = [f for f in glob.glob(f'{directory}/{newest}/state/**', recursive=True)
+           if os.path.isfile(f)]
+  return newest, max(files, key=os.path.getsize)
+
+
+def _overwrite(path, size=4096, seed=0):
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    f.write(np.random.default_rng(seed).bytes(size))
+
+
+def test_bytes_overwritten_in_a_checkpoint_fail_its_digests_and_an_older_one_is_used(
+    demo, uninterrupted, tmp_path, caplog):
+  workdir = _copy_run(uninterrupted[0], tmp_path / 'run')
+  newest, data_file = _newest_data_file(workdir)
+  _overwrite(data_file)
+  step, _ = train.restore_params(training.MODEL, training.OPTIMIZER, meshes.mesh(1, 1),
+                                 str(workdir))
+  assert step < newest and not os.path.exists(f'{workdir}/corrupt')  # eval moves nothing
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert [w for w in warnings if f'Checkpoint {newest} ' in w and 'digests' in w], warnings
+  # Training resumes from the older one, with finite losses, and sets the bad one aside.
+  training.run(demo, workdir, num_train_steps=newest + 1)
+  assert [d.split('-')[0] for d in os.listdir(f'{workdir}/corrupt')] == [str(newest)]
+  assert np.isfinite(_losses(workdir)[step + 1])
+
+
+def test_a_checkpoint_holding_nan_is_skipped(uninterrupted, tmp_path):
+  workdir = _copy_run(uninterrupted[0], tmp_path / 'run')
+  mesh = meshes.mesh(1, 1)
+  trainer = train.Trainer(training.MODEL, training.OPTIMIZER, mesh, batch_size=8,
+                          total_steps=1, normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN),
+                          pca_std=0.0, seed=0)
+  store = checkpoints.Checkpoints(str(workdir), dataclasses.asdict(training.MODEL))
+  state = store.restore(trainer.abstract_state())
+  good = int(state.step)
+  poisoned = state.params['fc6']['kernel'].at[0, 0, 0].set(np.nan)
+  store.save(good + 1, state.replace(params={**state.params,
+                                             'fc6': {**state.params['fc6'], 'kernel': poisoned}}))
+  store.close()  # saved with its digests: the file is intact, the values are not
+  step, _ = train.restore_params(training.MODEL, training.OPTIMIZER, mesh, str(workdir))
+  assert step == good
+
+
+def test_a_checkpoint_of_another_state_layout_is_refused_and_nothing_moves(uninterrupted,
+                                                                          tmp_path):
+  workdir = _copy_run(uninterrupted[0], tmp_path / 'run')
+  before = sorted(os.listdir(f'{workdir}/checkpoints'))
+  trainer = train.Trainer(training.MODEL, training.OPTIMIZER, meshes.mesh(1, 1), batch_size=8,
+                          total_steps=1, normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN),
+                          pca_std=0.0, seed=0)
+  wanted = trainer.abstract_state()
+  # What another version of the code would ask for: one more layer, another fc8 shape.
+  fc8 = wanted.params['fc8']['kernel']
+  other = wanted.replace(params={**wanted.params, 'fc9': {'bias': wanted.params['fc8']['bias']},
+                                 'fc8': {**wanted.params['fc8'], 'kernel': jax.ShapeDtypeStruct(
+                                     fc8.shape[:-1] + (7,), fc8.dtype, sharding=fc8.sharding)}})
+  store = checkpoints.Checkpoints(str(workdir), dataclasses.asdict(training.MODEL))
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r'params/fc9/bias is not in the checkpoint.*params/fc8/kernel is '
+                           r'float32\[2, 128, 1000\] there, float32\[2, 128, 7\] here'):
+    store.restore(other)
+  store.close()
+  assert not os.path.exists(f'{workdir}/corrupt')
+  assert sorted(os.listdir(f'{workdir}/checkpoints')) == before
+
+
+def test_a_workdir_whose_checkpoints_all_fail_never_restarts_from_step_0(demo, uninterrupted,
+                                                                         tmp_path):
+  workdir = _copy_run(uninterrupted[0], tmp_path / 'run')
+  steps = checkpoints.Checkpoints(str(workdir), {}).steps()
+  for step in steps:
+    files = [f for f in glob.glob(f'{workdir}/checkpoints/{step}/state/**', recursive=True)
+             if os.path.isfile(f)]
+    _overwrite(max(files, key=os.path.getsize), seed=step)
+  lines = open(f'{workdir}/metrics.jsonl').read()
+  for _ in range(2):  # and again: nothing was moved, so nothing looks like a fresh start
+    with pytest.raises(checkpoints.NoCheckpointError, match='could be read.*Nothing was moved'):
+      training.run(demo, workdir, num_train_steps=8)
+    assert checkpoints.Checkpoints(str(workdir), {}).steps() == steps
+  assert not os.path.exists(f'{workdir}/corrupt')
+  assert open(f'{workdir}/metrics.jsonl').read() == lines
+
+
+def test_resuming_with_another_batch_is_refused_or_continues_after_the_examples_seen(
+    demo, tmp_path):
+  from alexnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from alexnet_jax import resume  # pylint: disable=import-outside-toplevel
+  training.run(demo, tmp_path, num_train_steps=4)  # batch 8: 32 examples seen
+  with pytest.raises(resume.BatchChangeError, match='--allow_batch_change'):
+    training.run(demo, tmp_path, batch_size=16, num_train_steps=6)
+  training.run(demo, tmp_path, batch_size=16, num_train_steps=6, allow_batch_change=True)
+  store = checkpoints.Checkpoints(str(tmp_path), {})
+  assert store.progress(6) == {'batch_size': 16, 'examples_seen': 32 + 2 * 16}
+  steps_per_epoch = 90 // 16  # train[:90%] of the demo's 100 images
+  epochs = {r['step']: r['epoch'] for r in metrics.read_metrics(f'{tmp_path}/metrics.jsonl')
+            if 'loss' in r}
+  assert epochs[5] == pytest.approx((32 + 16) / (steps_per_epoch * 16))
+  # Step 5's batch of 16 is the stream's examples 32..47: batches 4 and 5 at batch 8.
+  config = training.data(demo)
+  at_16 = next(input_pipeline.train_dataset(config, 16, start_position=32).as_numpy_iterator())
+  at_8 = input_pipeline.train_dataset(config, 8, start_step=4).as_numpy_iterator()
+  first, second = next(at_8), next(at_8)
+  np.testing.assert_array_equal(at_16['labels'], np.concatenate([first['labels'],
+                                                                 second['labels']]))
+  np.testing.assert_array_equal(at_16['images'], np.concatenate([first['images'],
+                                                                 second['images']]))

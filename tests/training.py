@@ -17,7 +17,9 @@ def data(demo, **overrides):
   return demo.config(image_size=MODEL.image_size, **overrides)
 
 
-def run(demo, workdir, shape=(1, 1), model=MODEL, opt=OPTIMIZER, **loop):
+def run(demo, workdir, shape=(1, 1), model=MODEL, opt=OPTIMIZER, allow_batch_change=False,
+        **loop):
   """Trains on the demo data in workdir; returns the last evaluation."""
   return train.train_and_evaluate(model, data(demo), opt, dataclasses.replace(LOOP, **loop),
-                                  meshes.mesh(*shape), str(workdir))
+                                  meshes.mesh(*shape), str(workdir),
+                                  allow_batch_change=allow_batch_change)
