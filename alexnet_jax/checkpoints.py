@@ -154,6 +154,7 @@ class Checkpoints:
 
   def _save_failed(self, error: BaseException) -> SaveFailedError:
     self._failed = True
+    self.manager.reload()  # orbax already dropped the steps this save was to replace
     good = self.steps()
     return SaveFailedError(
         f'checkpoint of step {self._saving} not written: {os_reason(error)} in '
