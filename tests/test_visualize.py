@@ -181,3 +181,19 @@ def test_results_table_puts_measured_errors_beside_the_paper(trained, tmp_path):
       (t['mean_color_fraction'], t['initial_mean_color_fraction']) for t in summary['towers'])
   assert (f'| no_lrn | 3 | {trained1:.3f} / {trained2:.3f} | {initial1:.3f} / {initial2:.3f} |'
           in table)
+
+
+def test_a_short_last_loss_window_is_drawn_at_its_middle_not_as_a_dip(tmp_path):
+  # Logged every 10 steps, 10 steps an epoch; the run ends at step 33 with a 3-step window.
+  # The loss falls by 1 a step: each logged mean is the loss at its window's middle.
+  ends = [10, 20, 30, 33]
+  with open(tmp_path / 'metrics.jsonl', 'w') as f:
+    for start, end in zip([0] + ends, ends):
+      mean = np.mean([100.0 - s for s in range(start + 1, end + 1)])
+      f.write(json.dumps({'step': end, 'loss': mean, 'learning_rate': 0.01,
+                          'epoch': end / 10}) + '\n')
+  data = figures.curve_data(str(tmp_path))
+  np.testing.assert_allclose(data['loss_epoch'], [0.5, 1.5, 2.5, 3.15])
+  np.testing.assert_allclose(data['epoch'], [1.0, 2.0, 3.0, 3.3])
+  # On one straight line (no dip): loss = 99.5 - 10 * epoch at every point.
+  np.testing.assert_allclose(data['loss'], 99.5 - 10 * data['loss_epoch'])
