@@ -1,13 +1,19 @@
 """Orbax checkpoints of the train state: save, auto-resume, restore onto another mesh.
 
 Layout: WORKDIR/checkpoints/<step>/{state, config}. `state` is the whole train state
-(parameters, optimizer and schedule state, step); the step also fixes the dropout keys
-and the input position, so a resumed run continues exactly. `config` is the JSON of the
-settings that decide the parameters' shapes, checked before anything is restored.
+(parameters, optimizer and schedule state, step); the step also fixes the dropout keys,
+so a resumed run continues exactly. Reads (eval, predict, visualize) restore only the
+parts of the state they name: the parameters, not the optimizer's state. `config` is the JSON of the settings that decide the
+parameters' shapes, checked before anything is restored. Each step's orbax custom
+metadata holds a digest of every array (integrity.py) and the training progress
+(`batch_size`, `examples_seen`: where the input continues).
 
-Saves are asynchronous; the newest `keep` and the best by eval top-1 are kept. A newest
-checkpoint that cannot be read (half-written, truncated) is moved to WORKDIR/corrupt/
-and the next older one is used: nothing is deleted.
+Saves are asynchronous; the newest `keep` and the best by eval top-1 are kept. A failed
+background save is reported (SaveFailedError) at the next step boundary. A checkpoint
+that cannot be read (half-written, truncated, bytes that no longer match their digest,
+NaN or inf values) is skipped for the next older one, and once a good one is found it
+is moved to WORKDIR/corrupt/: nothing is deleted, and if none is good nothing is moved.
+A checkpoint of another configuration or state layout is refused, and nothing moved.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from alexnet_jax import distributed
+from alexnet_jax import integrity
 from alexnet_jax.config import UserError
 
 # Settings that change the parameters' shapes: a checkpoint only fits the same ones.
 SHAPE_FIELDS = ('towers', 'num_classes', 'image_size', 'width', 'crossings')
+# What must be finite in a good state (the plateau rule's best value starts at inf).
+FINITE = ('params/', 'opt_state/')
 # Orbax warns so at every save without metrics once best_fn is set; most saves have none.
 _NO_METRICS_WARNING = 'Requested `tracked_metric`; did not provide metrics.'
 logging.get_absl_logger().addFilter(lambda record: record.getMessage() != _NO_METRICS_WARNING)
@@ -41,6 +50,26 @@ class CheckpointMismatchError(UserError):
 
 class NoCheckpointError(UserError, FileNotFoundError):
   """There is no readable checkpoint where one is needed."""
+
+
+class SaveFailedError(UserError):
+  """A checkpoint could not be written (disk full, no permission...)."""
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+  """The first OSError in error's chain of causes."""
+  while error is not None and not isinstance(error, OSError):
+    error = error.__cause__ or error.__context__
+  return error
+
+
+def os_reason(error: BaseException) -> str:
+  """'No space left on device' from an OSError in error's chain, else its first line."""
+  found = _os_error(error)
+  if found is not None and found.strerror:
+    return found.strerror
+  text = str(error).strip()
+  return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _same(a, b) -> bool:
@@ -73,13 +102,21 @@ class Checkpoints:
     ])
     if read_only and not os.path.isdir(self.directory):
       raise self.none_error()
-    # best_fn makes orbax write the metrics to disk (the policy alone keeps them in memory),
-    # so a resumed run still knows which checkpoint is the best.
+    # save_interval_steps=0 when reading: orbax warns about any other value. best_fn makes
+    # orbax write the metrics to disk (the policy alone keeps them in memory), so a resumed
+    # run still knows which checkpoint is the best.
     options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
                                            cleanup_tmp_directories=not read_only,
+                                           save_interval_steps=0 if read_only else 1,
                                            preservation_policy=policy, best_fn=_top1)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=('state', 'config'))
+    # Handlers named up front: a fresh manager can then read a step's metadata. Reads
+    # take the PyTree handler, which restores part of what StandardSave wrote.
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={'state': (ocp.PyTreeCheckpointHandler() if read_only
+                                 else ocp.StandardCheckpointHandler()),
+                       'config': ocp.JsonCheckpointHandler()})
+    self._failed, self._saving = False, None
 
   def none_error(self) -> NoCheckpointError:
     return NoCheckpointError(
@@ -89,79 +126,152 @@ class Checkpoints:
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, state, metrics: dict | None = None) -> None:
-    """Starts an asynchronous save (a step already saved is left as it is)."""
+  def save(self, step: int, state, metrics: dict | None = None,
+           progress: dict | None = None) -> None:
+    """Starts an asynchronous save (a step already saved is left as it is).
+
+    progress (JSON) goes into the step's metadata with the digests; see `progress`.
+    """
     if step in self.manager.all_steps():
       return
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(self.model_config)),
-        metrics=metrics, force=True)
+    digests, _ = integrity.summarize(state)
+    self.wait()  # orbax would wait too, and raise the previous save's error as this one's
+    self._saving = step
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(self.model_config)),
+          metrics=metrics, force=True,
+          custom_metadata={'digests': digests, **(progress or {})})
+    except Exception as error:  # pylint: disable=broad-except
+      if _os_error(error) is None:
+        raise  # a bug, not the file system
+      raise self._save_failed(error) from error
+
+  def progress(self, step: int) -> dict:
+    """The training progress saved with `step` ({} for checkpoints written before it was)."""
+    custom = self.manager.metadata(step).custom_metadata or {}
+    return {key: value for key, value in custom.items() if key != 'digests'}
+
+  def check_saves(self) -> None:
+    """SaveFailedError if a background save has failed (returns at once while one runs)."""
+    if not self.manager.is_saving_in_progress():
+      self.wait()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the save in flight; SaveFailedError if it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as error:  # pylint: disable=broad-except
+      raise self._save_failed(error) from error  # orbax re-raises the background error
+
+  def _save_failed(self, error: BaseException) -> SaveFailedError:
+    self._failed = True
+    self.manager.reload()  # orbax already dropped the steps this save was to replace
+    good = self.steps()
+    return SaveFailedError(
+        f'checkpoint of step {self._saving} not written: {os_reason(error)} in '
+        f'{self.directory}; the newest good checkpoint is '
+        f'{"step " + str(good[-1]) if good else "none"}.')
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the last save (SaveFailedError if it failed), then closes the manager."""
+    if self._failed:
+      return  # reported once already; orbax would raise it again
+    self.wait()
     self.manager.close()
 
   def saved_config(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))['config']
 
-  def restore(self, abstract_state, step: int | None = None, partial: bool = False):
-    """The newest readable state (or that of `step`) laid out like `abstract_state`.
+  def restore(self, abstract_state, step: int | None = None):
+    """The newest good state (or that of `step`) laid out like `abstract_state`.
 
     abstract_state's leaves are jax.ShapeDtypeStructs with the shardings wanted now,
-    so a checkpoint written on one mesh restores onto any other. With `partial`, it is a
-    dict of some of the state's fields, and only those are read. Returns None when the
-    workdir has no checkpoint (and `step` is None). An unreadable checkpoint is skipped
-    (and, unless read-only, moved to WORKDIR/corrupt/); NoCheckpointError if none is left.
+    so a checkpoint written on one mesh restores onto any other. Read-only, it may be a
+    dict of some of the state's fields ({'step': ..., 'params': ...}): only those are
+    read. Returns None when the workdir has no checkpoint (and `step` is None). Candidates are tried newest first:
+    one of another configuration or state layout raises CheckpointMismatchError (nothing
+    moved); one that cannot be read or verified is skipped, and once a good one is found
+    it is moved to WORKDIR/corrupt/ unless read-only (one warning each, saying why). If
+    none is good: NoCheckpointError, and nothing is moved.
     """
     candidates = [step] if step is not None else list(reversed(self.steps()))
     if step is not None and step not in self.manager.all_steps():
       raise NoCheckpointError(f'no checkpoint of step {step} in {self.directory}; '
                               f'there are {self.steps() or "none"}.')
+    wanted = integrity.layout(abstract_state)
+    unreadable = []
     for candidate in candidates:
-      try:
-        saved = self.saved_config(candidate)
-      except Exception as error:  # pylint: disable=broad-except
-        self._skip(candidate, error)
+      state, why = self._read(candidate, abstract_state, wanted)
+      if state is None:
+        unreadable.append((candidate, why))
         continue
-      check_compatible(saved, self.model_config, self.directory)
-      try:
-        if partial:
-          read = ocp.args.PyTreeRestore(
-              abstract_state, partial_restore=True,
-              restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
-        else:
-          read = ocp.args.StandardRestore(abstract_state)
-        restored = self.manager.restore(candidate, args=ocp.args.Composite(state=read))
-      except Exception as error:  # pylint: disable=broad-except
-        self._skip(candidate, error)
-        continue
+      for bad, reason in unreadable:
+        self._skip(bad, reason, candidate)
       logging.info('Restored step %d from %s', candidate, self.directory)
-      return restored['state']
+      return state
     if candidates:
+      reasons = '; '.join(f'step {bad}: {reason}' for bad, reason in unreadable)
       raise NoCheckpointError(
-          f'no checkpoint in {self.directory} could be read (steps {candidates}; see the '
-          'warnings above). Move them away to start afresh, or use another --workdir.')
+          f'no checkpoint in {self.directory} could be read ({reasons}). Nothing was moved: '
+          'move the directory away to start afresh, or use another --workdir.')
     return None
 
-  def _skip(self, step: int, error: Exception) -> None:
-    """Leaves an unreadable checkpoint behind: moved to WORKDIR/corrupt/ unless read-only."""
-    logging.warning('Checkpoint %d in %s cannot be read (%s: %s); trying an older one.',
-                    step, self.directory, type(error).__name__,
-                    str(error).splitlines()[0][:200] if str(error) else '')
-    if not self.read_only:
-      self._set_aside(step)
+  def _read(self, step: int, abstract_state, wanted: dict):
+    """(state, None), or (None, why it is unreadable); CheckpointMismatchError if it fits not."""
+    try:
+      saved = self.saved_config(step)
+    except Exception as error:  # pylint: disable=broad-except
+      return None, f'its config cannot be read ({_first_line(error)})'
+    check_compatible(saved, self.model_config, self.directory)
+    try:
+      metadata = self.manager.item_metadata(step)['state']
+      saved_layout = integrity.layout(getattr(metadata, 'tree', metadata))
+    except Exception as error:  # pylint: disable=broad-except
+      return None, f'its state metadata cannot be read ({_first_line(error)})'
+    if self.read_only:  # only the fields asked for
+      fields = {path.split('/')[0] for path in wanted}
+      saved_layout = {path: leaf for path, leaf in saved_layout.items()
+                      if path.split('/')[0] in fields}
+    difference = integrity.layout_difference(saved_layout, wanted)
+    if difference:
+      raise CheckpointMismatchError(
+          f'checkpoint {step} in {self.directory} holds another train state (written by '
+          f'another version of the code or another optimizer): {difference}. Use the code '
+          'and flags it was trained with, or another --workdir.')
+    try:
+      if self.read_only:
+        read = ocp.args.PyTreeRestore(
+            abstract_state, partial_restore=True,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
+      else:
+        read = ocp.args.StandardRestore(abstract_state)
+      state = self.manager.restore(step, args=ocp.args.Composite(state=read))['state']
+      digests = (self.manager.metadata(step).custom_metadata or {}).get('digests')
+    except Exception as error:  # pylint: disable=broad-except
+      return None, f'its arrays cannot be read ({_first_line(error)})'
+    why = integrity.verify(state, digests, FINITE)
+    return (None, why) if why else (state, None)
 
-  def _set_aside(self, step: int) -> None:
-    """Moves a checkpoint out of the way, keeping its files (a later save may reuse its step)."""
+  def _skip(self, step: int, why: str, used: int) -> None:
+    """One warning for an unreadable checkpoint; moved to WORKDIR/corrupt/ unless read-only."""
+    if self.read_only:
+      logging.warning('Checkpoint %d in %s is unreadable (%s); using step %d.',
+                      step, self.directory, why, used)
+      return
     corrupt = os.path.join(os.path.abspath(self.workdir), 'corrupt')
     target = os.path.join(corrupt, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-    logging.warning('Moved checkpoint %d to %s.', step, target)
+    logging.warning('Checkpoint %d in %s is unreadable (%s): moved to %s; using step %d.',
+                    step, self.directory, why, target, used)
+    # Moved, not deleted: its files stay, and a later save may reuse its step.
     if jax.process_index() == 0:
       os.makedirs(corrupt, exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), target)
     distributed.barrier(f'set_aside_{step}')  # nobody reloads before the move is done
     self.manager.reload()
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return f'{type(error).__name__}: {text.splitlines()[0][:200]}' if text else type(error).__name__

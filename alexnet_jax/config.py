@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 
 
@@ -265,6 +266,7 @@ class TrainConfig:
   eval_batch_size: int = 0              # 0: batch_size
   profile_steps: int = 0                # trace this many steps (after 5 warm-up steps)
   seed: int = 0                         # parameters, dropout and (through DataConfig) data
+  allow_batch_change: bool = False      # resume a checkpoint of another batch size
 
   @property
   def eval_batch(self) -> int:
@@ -356,7 +358,16 @@ class Experiment:
   def validate(self) -> None:
     """Every config's own rules, then those across configs (no device needed)."""
     for part in dataclasses.fields(self):
-      getattr(self, part.name).validate()
+      config = getattr(self, part.name)
+      for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+          raise UserError(f'--{field.name}={value} must be a finite number.')
+      config.validate()
+    for flag, path in (('workdir', self.run.workdir), ('data_dir', self.data.data_dir),
+                       ('manual_dir', self.data.manual_dir)):
+      if path and os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f'--{flag}={path} is a file; it must be a directory.')
     if (self.run.mode == 'benchmark' and self.train.profile_steps
         and not self.run.workdir):
       raise UserError('--profile_steps writes its trace into --workdir: set --workdir.')

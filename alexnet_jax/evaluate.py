@@ -71,14 +71,20 @@ def evaluate_split(eval_step, params, data_config, global_batch: int, mesh) -> d
   return dict(result, crops=data_config.eval_crops)
 
 
-def write_result(workdir: str, split: str, step: int, result: dict) -> str:
-  """Writes WORKDIR/eval/<split>_step<N>.json and returns its path."""
-  directory = os.path.join(workdir, 'eval')
-  os.makedirs(directory, exist_ok=True)
+def result_path(workdir: str, split: str, step: int, crops: int = 1) -> str:
+  """WORKDIR/eval/<split>_step<N>.json for 1 crop, <split>_step<N>_crops<C>.json for C."""
   name = ''.join(c if c.isalnum() else '_' for c in split).strip('_')
-  path = os.path.join(directory, f'{name}_step{step}.json')
-  with open(path, 'w') as f:
+  suffix = f'_crops{crops}' if crops != 1 else ''
+  return os.path.join(workdir, 'eval', f'{name}_step{step}{suffix}.json')
+
+
+def write_result(workdir: str, split: str, step: int, result: dict) -> str:
+  """Writes the result to result_path (whole or not at all) and returns the path."""
+  path = result_path(workdir, split, step, result.get('crops', 1))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(f'{path}.tmp', 'w') as f:
     json.dump(dict(result, step=step, split=split), f, indent=2, sort_keys=True)
+  os.replace(f'{path}.tmp', path)
   return path
 
 

@@ -32,7 +32,7 @@ CONFIGS = {
                              'plateau_patience', 'max_drops'),
     config.TrainConfig: ('batch_size', 'num_epochs', 'num_train_steps', 'eval_every_steps',
                          'checkpoint_every_steps', 'log_every_steps', 'keep_checkpoints',
-                         'eval_batch_size', 'profile_steps', 'seed'),
+                         'eval_batch_size', 'profile_steps', 'seed', 'allow_batch_change'),
     config.BenchmarkConfig: ('benchmark_steps', 'benchmark_repeats', 'peak_tflops'),
     config.VisualizeConfig: ('queries', 'neighbours', 'max_train_images', 'figures_dir',
                              'results', 'runs', 'results_path', 'curves_path',
@@ -100,6 +100,10 @@ HELP = {
     'eval_batch_size': '0: --batch_size.',
     'profile_steps': 'Write a profiler trace of N steps.',
     'seed': 'Seed of parameters, dropout and data order.',
+    'allow_batch_change': 'Resume a checkpoint trained with another --batch_size: the input '
+                          'continues after the examples it has seen (without this flag such '
+                          'a resume is refused, since counting steps would replay or skip '
+                          'data).',
     'benchmark_steps': 'Steps per timed window.',
     'benchmark_repeats': 'Timed windows (median taken).',
     'peak_tflops': 'Device peak for MFU (default: a table of known chips).',

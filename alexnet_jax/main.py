@@ -10,7 +10,10 @@ import logging as std_logging
 import os
 import sys
 
-from absl import app
+# TensorFlow's C++ INFO lines (oneDNN, CPU features) are not news; its warnings stay.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 import jax
@@ -19,6 +22,15 @@ from alexnet_jax import config
 from alexnet_jax import distributed
 from alexnet_jax import flags as flag_definitions
 from alexnet_jax import parallel
+from alexnet_jax import preflight
+from alexnet_jax import predict
+from alexnet_jax import workdir_lock
+from alexnet_jax import writable
+
+# Warnings every read-only checkpoint open (eval, predict) and every imagenet2012
+# preparation (there is no test tar) would print.
+_EXPECTED_WARNINGS = ('Given directory is read only',
+                      'ImageNet 2012 Challenge %s split not found')
 
 FLAGS = flag_definitions.define()
 
@@ -34,11 +46,21 @@ def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> config.Exper
 
 
 def _quiet_libraries() -> None:
-  """Keeps INFO lines to this package's own: orbax and TFDS log every file they touch."""
+  """Keeps INFO lines to this package's own: orbax and TFDS log every file they touch.
+
+  A failed background save makes orbax log its traceback twice: train reports it as one
+  line (the tracebacks stay visible with --verbosity=1).
+  """
   noisy = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/', '/etils/')
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= std_logging.WARNING or not any(
-          part in record.pathname for part in noisy))
+
+  def keep(record) -> bool:
+    if not any(part in record.pathname for part in noisy):
+      return True
+    if record.levelno < std_logging.WARNING or str(record.msg).startswith(_EXPECTED_WARNINGS):
+      return False
+    return not (record.exc_info and '/orbax/' in record.pathname and not logging.level_debug())
+
+  logging.get_absl_handler().addFilter(keep)
 
 
 def _write_demo_data(manual_dir: str) -> None:
@@ -57,10 +79,27 @@ def _class_names(data_config: config.DataConfig) -> list[str]:
   return predict.readable(labels, demo)
 
 
+def _preflight(experiment: config.Experiment, mesh, images: int) -> None:
+  """DoesNotFitError, before any compile, for a configuration the devices cannot hold."""
+  mode, train_config = experiment.run.mode, experiment.train
+  check = lambda batch, **kwargs: preflight.check(experiment.model, experiment.optimizer, mesh,
+                                                  batch, **kwargs)
+  if mode in ('train', 'benchmark'):
+    check(train_config.batch_size, training=True)
+  elif mode in ('eval', 'visualize'):
+    check(train_config.eval_batch, training=False,
+          crops=experiment.data.eval_crops if mode == 'eval' else 1)
+  elif mode == 'predict':
+    data = mesh.shape[parallel.DATA]
+    check(-(-images // data) * data, training=False, crops=experiment.data.eval_crops)
+
+
 def run(experiment: config.Experiment, mesh) -> None:
   """Does what --mode says, on the mesh."""
   mode, workdir = experiment.run.mode, experiment.run.workdir
   model_config, data_config = experiment.model, experiment.data
+  images = predict.image_paths(experiment.run.image) if mode == 'predict' else []
+  _preflight(experiment, mesh, len(images))
   if mode == 'summary':
     from alexnet_jax import train  # pylint: disable=import-outside-toplevel
     from alexnet_jax.tools import summary  # pylint: disable=import-outside-toplevel
@@ -69,6 +108,8 @@ def run(experiment: config.Experiment, mesh) -> None:
       print(text)
     return
   if mode == 'benchmark':
+    if workdir:
+      writable.check_writable(workdir)
     from alexnet_jax.tools import benchmark  # pylint: disable=import-outside-toplevel
     benchmark.run(model_config, experiment.optimizer, experiment.train, mesh, workdir,
                   experiment.benchmark)
@@ -82,16 +123,23 @@ def run(experiment: config.Experiment, mesh) -> None:
   if data_config.demo_data:
     distributed.in_turn('demo_data', lambda: _write_demo_data(data_config.manual_dir))
   if mode == 'train':
-    # Every process checks for the tars first, so a missing one stops all of them at once.
-    input_pipeline.check_sources(data_config)
-    distributed.in_turn('prepare', lambda: input_pipeline.prepare(data_config))
-    train.train_and_evaluate(model_config, data_config, experiment.optimizer, experiment.train,
-                             mesh, workdir)
+    writable.check_writable(workdir)
+    with workdir_lock.held_by_process_0(workdir):
+      # Every process checks for the tars first, so a missing one stops all of them at once.
+      input_pipeline.check_sources(data_config)
+      distributed.in_turn('prepare', lambda: input_pipeline.prepare(data_config))
+      train.train_and_evaluate(model_config, data_config, experiment.optimizer,
+                               experiment.train, mesh, workdir)
     return
   if mode == 'visualize':
     from alexnet_jax.tools import visualize  # pylint: disable=import-outside-toplevel
+    figures_dir = experiment.visualize.figures_dir
+    writable.check_writable(figures_dir or os.path.join(workdir, 'figures'),
+                            '--figures_dir' if figures_dir else '--workdir')
     visualize.run_from_experiment(experiment, mesh)
     return
+  if mode == 'predict':  # a file that is not an image fails here, before any compile
+    crops = input_pipeline.load_images_for_predict(images, data_config)
   step, params = train.restore_params(model_config, mesh, workdir, experiment.run.checkpoint_step)
   normalizer = input_pipeline.normalizer_for(data_config, workdir)
   if mode == 'eval':
@@ -99,28 +147,35 @@ def run(experiment: config.Experiment, mesh) -> None:
     result = evaluate.evaluate_split(eval_step, params, data_config, experiment.train.eval_batch,
                                      mesh)
     if jax.process_index() == 0:
-      path = evaluate.write_result(workdir, data_config.eval_split, step, result)
       print(f'{data_config.eval_split} at step {step}: {evaluate.result_summary(result)}')
-      print(f'Wrote {path}')
+      try:
+        print(f'Wrote {evaluate.write_result(workdir, data_config.eval_split, step, result)}')
+      except OSError as error:  # a read-only workdir: the result above is all there is
+        print(f'alexnet_jax: the result was not written into {workdir}/eval: '
+              f'{error.strerror}.', file=sys.stderr)
   elif mode == 'predict':
-    from alexnet_jax import predict  # pylint: disable=import-outside-toplevel
-    paths = experiment.run.image
-    crops = input_pipeline.load_images_for_predict(paths, data_config)
     probs, classes = predict.top5(model_config, mesh, params, crops, normalizer)
     if jax.process_index() == 0:
       print(f'Checkpoint step {step}, {data_config.eval_crops} crop(s):')
-      print(predict.format_predictions(paths, probs, classes, _class_names(data_config)))
+      print(predict.format_predictions(images, probs, classes, _class_names(data_config)))
 
 
-def _fail(error: config.UserError) -> None:
-  logging.debug('Traceback of the error below:', exc_info=True)  # --verbosity=1 shows it
-  print(f'alexnet_jax: error: {error}', file=sys.stderr)
+def _fail(message) -> None:
+  print(f'alexnet_jax: error: {message}', file=sys.stderr)
   sys.exit(1)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a bad flag reported as one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:
+    _fail(f'{error} (--helpfull lists every flag)')
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    _fail(f'unexpected arguments {argv[1:]}: every setting is a --flag.')
   _quiet_libraries()
   try:
     experiment = experiment_from_flags()
@@ -129,16 +184,17 @@ def main(argv):
       jax.config.update('jax_num_cpu_devices', experiment.mesh.cpu_devices)
     distributed.initialize(experiment.processes)  # before anything touches a device
     shape = experiment.mesh_shape(jax.device_count())
-  except config.UserError as error:
-    raise app.UsageError(str(error)) from None
-  mesh = parallel.make_mesh(shape)
-  logging.info('mode=%s mesh=%s devices=%d x %s', experiment.run.mode, shape,
-               jax.device_count(), jax.devices()[0].device_kind)
-  try:
+    mesh = parallel.make_mesh(shape)
+    logging.info('mode=%s mesh=%s devices=%d x %s', experiment.run.mode, shape,
+                 jax.device_count(), jax.devices()[0].device_kind)
     run(experiment, mesh)
   except config.UserError as error:
+    logging.debug('Traceback of the error below:', exc_info=True)  # --verbosity=1 shows it
     _fail(error)
+  except KeyboardInterrupt:  # outside the training loop, where Ctrl-C saves (interrupts.py)
+    print('alexnet_jax: stopped by Ctrl-C.', file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

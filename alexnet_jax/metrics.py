@@ -1,7 +1,9 @@
 """What a run reports: metrics.jsonl, TensorBoard event files, the progress line.
 
 Only process 0 writes. metrics.jsonl has one JSON object per line; a resumed run appends,
-so a step may appear twice (readers keep the last line of each step).
+so a step may appear twice (readers keep the last line of each step). A run killed while
+writing can leave a partial last line: the next run cuts it off before appending, and
+readers skip any line that is not JSON, each with one warning naming the file.
 """
 
 from __future__ import annotations
@@ -10,9 +12,14 @@ import json
 import math
 import os
 import time
+from typing import Callable
 
 from absl import logging
 import jax
+
+
+# Written to metrics.jsonl but not TensorBoard scalars: the x axis, and a setting.
+NOT_SCALARS = ('epoch', 'crops')
 
 
 class MetricsWriter:
@@ -24,6 +31,7 @@ class MetricsWriter:
     self._tensorboard = None
     if self.active:
       os.makedirs(workdir, exist_ok=True)
+      drop_torn_line(self.path)
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
         self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
@@ -37,7 +45,7 @@ class MetricsWriter:
       f.write(json.dumps(dict(step=step, **values), sort_keys=True) + '\n')
     if self._tensorboard is not None:
       for name, value in values.items():
-        if isinstance(value, (int, float)):
+        if isinstance(value, (int, float)) and name not in NOT_SCALARS:
           self._tensorboard.add_scalar(name, value, step)
 
   def close(self) -> None:
@@ -45,32 +53,95 @@ class MetricsWriter:
       self._tensorboard.close()
 
 
+def drop_torn_line(path: str) -> None:
+  """Cuts off a last line without its newline (a run killed mid-write), with one warning."""
+  if not os.path.exists(path):
+    return
+  with open(path, 'rb+') as f:
+    data = f.read()  # a few MB at most: one short line per logged step
+    if not data or data.endswith(b'\n'):
+      return
+    keep = data.rfind(b'\n') + 1
+    f.truncate(keep)
+  torn = data[keep:]
+  logging.warning('%s ended in a partial line, left by a run that was killed while writing '
+                  'it: dropped %r.', path, torn[:80].decode(errors='replace'))
+
+
 def read_metrics(path: str) -> list[dict]:
-  """The lines of a metrics.jsonl, last one winning where a resumed run repeated a step."""
-  by_key = {}
+  """The lines of a metrics.jsonl, last one winning where a resumed run repeated a step.
+
+  Lines that are not JSON (torn by a kill) are skipped, with one warning for the file.
+  """
+  by_key, skipped = {}, []
   with open(path) as f:
-    for line in f:
-      if line.strip():
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
         record = json.loads(line)
-        kind = 'eval' if 'top1' in record else 'train'
-        by_key[(kind, record['step'])] = record
+      except ValueError:
+        skipped.append(number)
+        continue
+      kind = 'eval' if 'top1' in record else 'train'
+      by_key[(kind, record['step'])] = record
+  if skipped:
+    logging.warning('Skipped %d line(s) of %s that are not JSON (line %s): a run killed while '
+                    'writing leaves one.', len(skipped), path, ', '.join(map(str, skipped[:5])))
   return [by_key[key] for key in sorted(by_key, key=lambda k: (k[1], k[0]))]
 
 
 class Progress:
-  """The progress line: step, loss, images/s, ETA."""
+  """The progress line: step, loss, images/s, ETA, timed from the end of the first step.
 
-  def __init__(self, total_steps: int, batch_size: int, first_step: int):
-    self.total, self.batch = total_steps, batch_size
-    self._time, self._step = time.time(), first_step
+  The first step includes the compile, and evaluations and saves are timed apart: the
+  rate counts training steps only, and the ETA adds the evaluations still to come at the
+  duration of the last one.
+  """
 
-  def line(self, step: int, loss: float, learning_rate: float) -> tuple[str, float]:
-    now = time.time()
-    rate = (step - self._step) * self.batch / max(now - self._time, 1e-9)
-    self._time, self._step = now, step
-    eta = (self.total - step) * self.batch / rate if rate > 0 else math.inf
-    return (f'step {step}/{self.total}  loss {loss:.4f}  lr {learning_rate:.3g}  '
-            f'{rate:,.0f} img/s  ETA {_duration(eta)}'), rate
+  def __init__(self, total_steps: int, batch_size: int, eval_every: int,
+               clock: Callable[[], float] = time.time):
+    self.total, self.batch, self.eval_every = total_steps, batch_size, eval_every
+    self._clock = clock
+    self._started = clock()
+    self._mark = None          # (time, steps done) where the current window starts
+    self._excluded = 0.0       # seconds of evaluation inside the window
+    self._eval_seconds = 0.0   # the last evaluation's
+
+  def step_done(self, step: int) -> None:
+    """Call when `step` steps are done; the first call ends the compile."""
+    if self._mark is None:
+      self._mark = (self._clock(), step)
+
+  def evaluated(self, seconds: float) -> None:
+    self._excluded += seconds
+    self._eval_seconds = seconds
+
+  def paused(self, seconds: float) -> None:
+    """Time outside the training steps (a save's blocking part) the rate leaves out."""
+    self._excluded += seconds
+
+  def evaluations_left(self, step: int) -> int:
+    """Evaluations after `step`: every eval_every steps and at the last step."""
+    if step >= self.total:
+      return 0
+    return self.total // self.eval_every - step // self.eval_every + bool(
+        self.total % self.eval_every)
+
+  def line(self, step: int, loss: float, learning_rate: float) -> tuple[str, float | None]:
+    """The line for `step` steps done, and the images/s since the last line (None at first)."""
+    now = self._clock()
+    head = f'step {step}/{self.total}  loss {loss:.4f}  lr {learning_rate:.3g}'
+    if self._mark is None or self._mark[1] >= step:
+      text, rate = f'{head}  first step, compile included: {_duration(now - self._started)}', None
+    else:
+      mark_time, mark_step = self._mark
+      rate = (step - mark_step) * self.batch / max(now - mark_time - self._excluded, 1e-9)
+      eta = ((self.total - step) * self.batch / rate
+             + self.evaluations_left(step) * self._eval_seconds)
+      text = f'{head}  {rate:,.0f} img/s  ETA {_duration(eta)}'
+    self._mark, self._excluded = (now, step), 0.0
+    return text, rate
 
 
 def _duration(seconds: float) -> str:

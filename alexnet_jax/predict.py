@@ -4,16 +4,46 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Sequence
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from alexnet_jax.config import UserError
 from alexnet_jax import evaluate as evaluate_lib
 from alexnet_jax import parallel
 
 _NAMES_FILE = os.path.join(os.path.dirname(__file__), 'imagenet_class_names.txt')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+_URL = re.compile(r'(https?|ftp)://', re.IGNORECASE)
+
+
+def image_paths(arguments: Sequence[str]) -> list[str]:
+  """The image files --image names: files as given, a directory's images in name order.
+
+  UserError for a URL (nothing is downloaded at run time), a missing path, or a
+  directory without images.
+  """
+  paths = []
+  for argument in arguments:
+    if _URL.match(argument):
+      raise UserError(f'--image={argument} is a URL: download it first (e.g. curl -O '
+                             f'{argument}) and pass the file.')
+    if os.path.isdir(argument):
+      found = sorted(os.path.join(argument, name) for name in os.listdir(argument)
+                     if name.lower().endswith(IMAGE_EXTENSIONS)
+                     and os.path.isfile(os.path.join(argument, name)))
+      if not found:
+        raise UserError(f'--image={argument} is a directory without image files '
+                               f'({", ".join(IMAGE_EXTENSIONS)}).')
+      paths += found
+    elif '://' in argument or os.path.isfile(argument):
+      paths.append(argument)  # another file system (gs://...) is read by tf.io.gfile
+    else:
+      raise UserError(f'no such image file: {argument}')
+  return paths
 
 
 @functools.cache

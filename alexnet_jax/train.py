@@ -2,8 +2,9 @@
 
 One step: uint8 batch -> PCA noise and mean subtraction (preprocess) -> the sharded
 forward (parallel) -> cross-entropy -> gradients from outside the shard_map -> the
-paper's SGD (optimizer). The RNG of step N is fold_in(seed, N) and the input position is
-N * batch, so the step number alone says where a resumed run continues.
+paper's SGD (optimizer). The RNG of step N is fold_in(seed, N); the input continues after
+the examples seen, N * batch unless the batch size changed (resume.py), so a resumed
+run continues exactly.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import time
 from typing import Any
 
 from absl import logging
@@ -25,10 +27,12 @@ import optax
 from alexnet_jax import checkpoints as checkpoints_lib
 from alexnet_jax import distributed
 from alexnet_jax import evaluate as evaluate_lib
+from alexnet_jax import interrupts
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import parallel
 from alexnet_jax import preprocess
+from alexnet_jax import resume as resume_lib
 from alexnet_jax.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig, UserError
 
 
@@ -176,8 +180,9 @@ def train_and_evaluate(model_config: ModelConfig, data_config: DataConfig,
                        workdir: str) -> dict | None:
   """Trains (resuming from the newest checkpoint in workdir) and evaluates.
 
-  Returns the last evaluation result; None if stopped by SIGTERM, or if the checkpoint
-  it resumed from was already the last step.
+  Returns the last evaluation result; None if stopped by SIGTERM or Ctrl-C, or if the
+  checkpoint it resumed from was already the last step. A checkpoint of another batch
+  size is resumed only with train_config.allow_batch_change (resume.py).
   """
   from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
   num_classes, num_train, _, _ = input_pipeline.dataset_info(data_config)
@@ -191,9 +196,9 @@ def train_and_evaluate(model_config: ModelConfig, data_config: DataConfig,
   # Process 0 computes a missing pixel mean image; the others then read its file.
   distributed.in_turn('mean', lambda: input_pipeline.normalizer_for(data_config, workdir))
   normalizer = input_pipeline.normalizer_for(data_config, workdir)
-  train_step = make_train_step(model_config, opt_config, mesh, batch_size=batch,
-                               total_steps=total, normalizer=normalizer,
-                               pca_std=data_config.pca_std, seed=train_config.seed)
+  make_step = functools.partial(make_train_step, model_config, opt_config, mesh,
+                                batch_size=batch, normalizer=normalizer,
+                                pca_std=data_config.pca_std, seed=train_config.seed)
   eval_step = evaluate_lib.make_eval_step(model_config, mesh, normalizer)
 
   with contextlib.ExitStack() as cleanup:
@@ -205,14 +210,27 @@ def train_and_evaluate(model_config: ModelConfig, data_config: DataConfig,
     state = checkpoints.restore(abstract_state(model_config, opt_config, mesh))
     if state is None:
       state = init_state(model_config, opt_config, mesh, jax.random.key(train_config.seed))
+      examples = 0
+    else:
+      examples = resume_lib.examples_seen(checkpoints.progress(int(state.step)),
+                                          int(state.step), batch,
+                                          train_config.allow_batch_change)
     first = int(state.step)
+    if examples != first * batch and not train_config.num_train_steps:
+      # Resumed with another batch size: --num_epochs counts the examples left.
+      total = resume_lib.end_step(first, examples, batch, train_config.num_epochs,
+                                  steps_per_epoch)
+    train_step = make_step(total_steps=total)  # its schedule spans the run to its end
+    seen = lambda step: examples + (step - first) * batch
+    epoch = lambda step: seen(step) / (steps_per_epoch * batch)
     logging.info('Training steps %d..%d (%d per epoch), batch %d, on mesh %s.',
                  first, total, steps_per_epoch, batch, dict(mesh.shape))
-    batches = input_pipeline.train_batches(data_config, batch, mesh, start_step=first)
-    progress = metrics_lib.Progress(total, batch, first)
+    batches = input_pipeline.train_batches(data_config, batch, mesh, start_examples=examples)
+    progress = metrics_lib.Progress(total, batch, eval_every)
     profiler = _Profiler(f'{workdir}/profile', first + 5, train_config.profile_steps)
     cleanup.callback(profiler.stop)
     preemption = cleanup.enter_context(distributed.Preemption())
+    ctrl_c = cleanup.enter_context(interrupts.CtrlC())
     cleanup.enter_context(jax.set_mesh(mesh))
     result, pending, losses = None, None, []
 
@@ -221,26 +239,31 @@ def train_and_evaluate(model_config: ModelConfig, data_config: DataConfig,
       nonlocal pending
       if pending is not None:
         losses.append(_checked_loss(*pending, checkpoints))
+        progress.step_done(pending[0] + 1)
         pending = None
 
     def save(step, metrics=None):
       flush()  # never save a state after a non-finite loss, or non-finite parameters
       if not bool(_all_finite(state.params)):
         _check_finite(math.nan, step, checkpoints, 'parameters')
-      checkpoints.save(step, state, metrics)
+      checkpoints.save(step, state, metrics,
+                       progress={'batch_size': batch, 'examples_seen': seen(step)})
 
     for step in range(first, total):
-      if preemption.reached(step):  # on every process at the same step
+      checkpoints.check_saves()  # a failed background save stops the run here
+      sigterm = preemption.reached(step)  # on every process at the same step
+      if sigterm or ctrl_c.requested:
         save(step)
         checkpoints.wait()
-        logging.warning('Stopped at step %d after SIGTERM; checkpoint saved.', step)
+        logging.warning('Stopped at step %d after %s; checkpoint saved.', step,
+                        'SIGTERM' if sigterm else 'Ctrl-C')
         return None
       profiler.at_step(step)
-      batch = next(batches)
+      inputs = next(batches)
       # Everything the step needs is on the devices already: any hidden copy is an error.
       with jax.profiler.StepTraceAnnotation('train', step_num=step), \
           jax.transfer_guard('disallow'):
-        state, metrics = train_step(state, batch)
+        state, metrics = train_step(state, inputs)
       flush()  # the previous step's loss, read while this step runs
       pending = (step, metrics)
       done = step + 1
@@ -250,28 +273,33 @@ def train_and_evaluate(model_config: ModelConfig, data_config: DataConfig,
         line, rate = progress.line(done, float(np.mean(losses)), learning_rate)
         if jax.process_index() == 0:
           logging.info(line)
+        rate = {} if rate is None else {'images_per_second': rate}  # unknown for step 1
         writer.write(done, loss=float(np.mean(losses)), learning_rate=learning_rate,
-                     images_per_second=rate, epoch=done / steps_per_epoch)
+                     epoch=epoch(done), **rate)
         losses = []
       evaluating = done % eval_every == 0 or done == total
       if evaluating:
         flush()  # never evaluate a state after a non-finite loss
+        started = time.time()
         result = evaluate_lib.evaluate_split(eval_step, state.params, data_config,
                                              train_config.eval_batch, mesh)
-        _record_eval(result, done, steps_per_epoch, data_config, writer, workdir)
+        _record_eval(result, done, epoch(done), data_config, writer, workdir)
         state = after_eval(opt_config, state, result['top1'], mesh)
+        progress.evaluated(time.time() - started)
       if evaluating or done % train_config.checkpoint_every_steps == 0:
+        started = time.time()
         save(done, {'top1': result['top1']} if evaluating else None)
+        progress.paused(time.time() - started)  # the first save compiles its digests
   if jax.process_index() == 0:
     from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
     figures.learning_curves([workdir], f'{workdir}/learning_curves.png')
   return result
 
 
-def _record_eval(result, step, steps_per_epoch, data_config, writer, workdir) -> None:
+def _record_eval(result, step, epoch, data_config, writer, workdir) -> None:
   """eval/<split>_step<N>.json, a metrics line and a log line (process 0 writes)."""
   writer.write(step, top1=result['top1'], top5=result['top5'], eval_loss=result['loss'],
-               epoch=step / steps_per_epoch, crops=data_config.eval_crops)
+               epoch=epoch, crops=data_config.eval_crops)
   if jax.process_index() == 0:
     evaluate_lib.write_result(workdir, data_config.eval_split, step, result)
     logging.info('eval at step %d: %s', step, evaluate_lib.result_summary(result))
@@ -287,7 +315,7 @@ def restore_params(model_config: ModelConfig, mesh, workdir: str, step: int | No
   try:
     target = {'step': jax.ShapeDtypeStruct((), jnp.int32),
               'params': parallel.abstract_sharded_params(model_config, mesh)}
-    state = checkpoints.restore(target, step, partial=True)
+    state = checkpoints.restore(target, step)
     if state is None:
       raise checkpoints.none_error()
     return int(state['step']), state['params']

@@ -1,7 +1,11 @@
-"""Real processes: SIGTERM saves and exits, kill -9 loses only unsaved steps, bad input."""
+"""Real processes: SIGTERM and Ctrl-C save and exit, kill -9 loses only unsaved steps, the
+workdir lock, a full disk, a read-only workdir, a torn metrics line, bad input."""
 
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,12 +30,10 @@ def _flags(demo, workdir, **overrides):
   return [f'--{name}={value}' for name, value in flags.items()]
 
 
-def _start(args):
-  env = dict(os.environ, PYTHONPATH=cli.ROOT, TF_CPP_MIN_LOG_LEVEL='2',
-             XLA_FLAGS='--xla_force_host_platform_device_count=1 '
-                       '--xla_backend_optimization_level=0')
+def _start(args, stderr=subprocess.PIPE):
   return subprocess.Popen([sys.executable, '-m', 'alexnet_jax.main', *args], cwd=cli.ROOT,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          env=cli.environment(), stdout=subprocess.PIPE, stderr=stderr,
+                          text=True)
 
 
 def _wait_for_step(workdir, step, process, timeout=240):
@@ -131,3 +133,127 @@ def test_eval_without_checkpoints_is_a_clear_error(demo, tmp_path):
   result = cli.run_main(*_flags(demo, tmp_path, mode='eval'))
   assert result.returncode != 0
   assert 'no checkpoints' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(demo, tmp_path):
+  process = _start(_flags(demo, tmp_path, num_train_steps=1000, checkpoint_every_steps=1000,
+                          eval_every_steps=1000))
+  _wait_for_step(tmp_path, 3, process)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr
+  saved = _checkpoint_steps(tmp_path)
+  assert len(saved) == 1 and saved[0] >= 3
+  assert 'after Ctrl-C; checkpoint saved' in stderr
+  assert 'Traceback' not in stderr and 'KeyboardInterrupt' not in stderr
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(demo, tmp_path):
+  process = _start(_flags(demo, tmp_path, num_train_steps=1000, checkpoint_every_steps=1000,
+                          eval_every_steps=1000))
+  _wait_for_step(tmp_path, 3, process)
+  process.send_signal(signal.SIGINT)
+  time.sleep(0.05)  # two presses; the save and exit the first asks for take far longer
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=60)
+  assert process.returncode == 130, stderr
+  assert 'stopped at once by a second Ctrl-C' in stderr and 'checkpoint saved' not in stderr
+  assert 'Traceback' not in stderr
+
+
+def test_a_second_training_on_a_workdir_in_use_stops_at_once_and_a_dead_holder_is_replaced(
+    demo, tmp_path):
+  workdir = tmp_path / 'run'
+  holder = _start(_flags(demo, workdir, num_train_steps=1000, eval_every_steps=1000))
+  _wait_for_step(workdir, 1, holder)
+  second, compiled = cli.run_main_recording_compiles(tmp_path / 'cache',
+                                                     *_flags(demo, workdir))
+  assert second.returncode == 1 and not compiled, second.stderr
+  [line] = cli.problems(second.stderr)
+  assert f'in use by the training of process {holder.pid} on host {socket.gethostname()}' in line
+  holder.kill()  # kill -9: the lock file still names it
+  holder.communicate()
+  assert str(holder.pid) in (workdir / 'lock').read_text()
+  again = cli.run_main(*_flags(demo, workdir, num_train_steps=2))
+  assert again.returncode == 0, again.stderr
+  assert f'from process {holder.pid} on host {socket.gethostname()}' in again.stderr
+  assert 'no longer running' in again.stderr
+  assert (workdir / 'lock').read_text() == ''  # a clean exit empties it
+
+
+def test_a_failed_background_save_stops_the_run_with_one_line_and_deletes_nothing(
+    demo, tmp_path):
+  # Saves every 2 steps, keeping 1: the save of step 4 would delete step 2 once written.
+  result = cli.run_main('enospc_from_step=4', *_flags(demo, tmp_path, keep_checkpoints=1,
+                                                       eval_every_steps=1000),
+                        module='tests.faulty_main')
+  assert result.returncode == 1, result.stderr
+  assert cli.problems(result.stderr) == [
+      f'alexnet_jax: error: checkpoint of step 4 not written: No space left on device in '
+      f'{tmp_path}/checkpoints; the newest good checkpoint is step 2.']
+  assert _checkpoint_steps(tmp_path) == [2]
+  # Stopped at the first step boundary after the failure was known: by the next save.
+  assert max(_losses(tmp_path)) <= 6
+
+
+def test_training_in_a_read_only_workdir_stops_before_compiling(demo, tmp_path):
+  workdir = tmp_path / 'read_only'
+  workdir.mkdir()
+  result, compiled = cli.run_main_recording_compiles(
+      tmp_path / 'cache', f'erofs={workdir}', *_flags(demo, workdir), module='tests.faulty_main')
+  assert result.returncode == 1 and not compiled, result.stderr
+  assert cli.problems(result.stderr) == [
+      f'alexnet_jax: error: --workdir={workdir} cannot be written (Read-only file system): the '
+      'run writes its checkpoints, metrics or figures there. Choose a writable directory.']
+
+
+def test_eval_in_a_read_only_workdir_prints_its_result_then_says_it_was_not_written(
+    demo, straight_run, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(straight_run, workdir)
+  os.remove(f'{workdir}/eval/train_90_step{STEPS}.json')
+  result = cli.run_main(f'erofs={workdir}', *_flags(demo, workdir, mode='eval'),
+                        module='tests.faulty_main')
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith(f'train[90%:] at step {STEPS}: top-1 ')
+  assert cli.problems(result.stderr) == [
+      f'alexnet_jax: the result was not written into {workdir}/eval: Read-only file system.']
+  assert not os.path.exists(f'{workdir}/eval/train_90_step{STEPS}.json')
+
+
+def test_a_torn_metrics_line_is_skipped_by_readers_and_dropped_on_resume(demo, straight_run,
+                                                                         tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(straight_run, workdir)
+  for step in _checkpoint_steps(workdir):
+    if step > 6:
+      shutil.rmtree(f'{workdir}/checkpoints/{step}')  # killed at step 7, in mid-line
+  metrics_file = workdir / 'metrics.jsonl'
+  with open(metrics_file, 'a') as f:
+    f.write('{"epoch": 0.8, "learning_rate": 0.001, "lo')
+  table = cli.run_main('--mode=visualize', '--results', f'--runs={workdir}',
+                       f'--results_path={tmp_path}/R.md', f'--curves_path={tmp_path}/curves.png')
+  assert table.returncode == 0, table.stderr
+  [warning] = cli.problems(table.stderr)
+  assert f'Skipped 1 line(s) of {metrics_file}' in warning
+  resumed = cli.run_main(*_flags(demo, workdir))
+  assert resumed.returncode == 0, resumed.stderr
+  [warning] = cli.problems(resumed.stderr)
+  assert f'{metrics_file} ended in a partial line' in warning
+  records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+  assert {r['step'] for r in records if 'loss' in r} == set(range(1, STEPS + 1))
+  assert _losses(workdir) == _losses(straight_run)
+
+
+def test_predict_on_a_directory_classifies_the_images_in_it(demo, straight_run, tmp_path):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  folder = tmp_path / 'photos'
+  folder.mkdir()
+  Image.new('RGB', (80, 60), (200, 30, 30)).save(folder / 'b.png')
+  Image.new('RGB', (50, 70), (30, 30, 200)).save(folder / 'a.JPG', 'JPEG')
+  (folder / 'notes.txt').write_text('not an image')
+  result = cli.run_main(*_flags(demo, straight_run, mode='predict', image=str(folder)))
+  assert result.returncode == 0, result.stderr
+  names = [line for line in result.stdout.splitlines() if line.startswith(str(folder))]
+  assert names == [f'{folder}/a.JPG', f'{folder}/b.png']
+  assert len([line for line in result.stdout.splitlines() if line.strip()[:2] == '1.']) == 2

@@ -37,9 +37,9 @@ def _png(path) -> np.ndarray:
 def test_figures_have_the_size_their_grids_define(trained):
   workdir, _ = trained
   # conv1 at width 0.125: 2 towers x 6 kernels of 11 x 11, drawn 44 x 44 with 2 px
-  # between: one row per tower, towers 8 px apart.
+  # between: one row per tower, towers 8 px apart, the towers' names on the left.
   assert _png(f'{workdir}/figures/conv1_kernels.png').shape == (
-      2 * (44 + 2 + 2) + figures.TOWER_GAP, 6 * (44 + 2) + 2, 3)
+      2 * (44 + 2 + 2) + figures.TOWER_GAP, figures.LABEL_WIDTH + 6 * (44 + 2) + 2, 3)
   # 4 queries x (query + 6 neighbours) of 67 x 67 crops, framed by 3 px, 2 px apart.
   assert _png(f'{workdir}/figures/nearest_neighbours.png').shape == (
       QUERIES * (67 + 6 + 2) + 2, (1 + NEIGHBOURS) * (67 + 6 + 2) + 2, 3)
@@ -61,6 +61,19 @@ def test_kernel_grid_puts_tower_1_above_tower_2_in_rows_of_16():
   assert (empty == figures.BACKGROUND).all()
 
 
+def test_the_kernel_figure_names_each_tower_beside_its_rows():
+  kernels = np.random.default_rng(0).normal(size=(2, 11, 11, 3, 20))
+  labelled, grid = figures.labelled_kernel_grid(kernels), figures.kernel_grid(kernels)
+  np.testing.assert_array_equal(labelled[:, figures.LABEL_WIDTH:], grid)
+  tower_height = 2 * (44 + 2) + 2
+  bands = [labelled[t * (tower_height + figures.TOWER_GAP):][:tower_height,
+                                                              :figures.LABEL_WIDTH]
+           for t in (0, 1)]
+  for band in bands:
+    assert (band < 128).any(axis=-1).sum() > 20      # text drawn there
+  assert (bands[0] != bands[1]).any()                # 'tower 1' is not 'tower 2'
+
+
 @pytest.mark.slow
 def test_kernel_figure_follows_the_checkpoint_weights(trained, tmp_path):
   workdir, _ = trained
@@ -75,7 +88,8 @@ def test_kernel_figure_follows_the_checkpoint_weights(trained, tmp_path):
   visualize.kernel_figure({'conv1': {'kernel': 4 * kernels}}, f'{tmp_path}/scaled.png')
   before, after = _png(f'{tmp_path}/before.png'), _png(f'{tmp_path}/changed.png')
   split = 44 + 2 + 2 + figures.TOWER_GAP // 2
-  assert (before[:split] != after[:split]).mean() > 0.5   # tower 1's row, inverted
+  kernels_only = np.s_[:split, figures.LABEL_WIDTH:]
+  assert (before[kernels_only] != after[kernels_only]).mean() > 0.5  # tower 1's row, inverted
   np.testing.assert_array_equal(before[split:], after[split:])
   # Each kernel is min-max normalized: scaling it draws the same picture.
   np.testing.assert_array_equal(before, _png(f'{tmp_path}/scaled.png'))
@@ -172,3 +186,19 @@ def test_results_table_puts_measured_errors_beside_the_paper(trained, tmp_path):
       (t['mean_color_fraction'], t['initial_mean_color_fraction']) for t in summary['towers'])
   assert (f'| no_lrn | 3 | {trained1:.3f} / {trained2:.3f} | {initial1:.3f} / {initial2:.3f} |'
           in table)
+
+
+def test_a_short_last_loss_window_is_drawn_at_its_middle_not_as_a_dip(tmp_path):
+  # Logged every 10 steps, 10 steps an epoch; the run ends at step 33 with a 3-step window.
+  # The loss falls by 1 a step: each logged mean is the loss at its window's middle.
+  ends = [10, 20, 30, 33]
+  with open(tmp_path / 'metrics.jsonl', 'w') as f:
+    for start, end in zip([0] + ends, ends):
+      mean = np.mean([100.0 - s for s in range(start + 1, end + 1)])
+      f.write(json.dumps({'step': end, 'loss': mean, 'learning_rate': 0.01,
+                          'epoch': end / 10}) + '\n')
+  data = figures.curve_data(str(tmp_path))
+  np.testing.assert_allclose(data['loss_epoch'], [0.5, 1.5, 2.5, 3.15])
+  np.testing.assert_allclose(data['epoch'], [1.0, 2.0, 3.0, 3.3])
+  # On one straight line (no dip): loss = 99.5 - 10 * epoch at every point.
+  np.testing.assert_allclose(data['loss'], 99.5 - 10 * data['loss_epoch'])

@@ -15,7 +15,7 @@ from alexnet_jax import model as model_lib
 from alexnet_jax.tools import summary
 from alexnet_jax.tools import tower_figure
 from alexnet_jax.tools import walkthrough
-from tests.cli import ROOT, run_module
+from tests.cli import ROOT, run_main
 
 MODULE = 'alexnet_jax.tools.walkthrough'
 DOC = os.path.join(ROOT, 'docs', 'WALKTHROUGH.md')
@@ -35,7 +35,7 @@ def committed() -> str:
 
 @pytest.mark.slow
 def test_the_committed_walkthrough_is_what_the_command_writes(tmp_path, committed):
-  result = run_module(MODULE, cwd=str(tmp_path))   # the defaults write docs/ under cwd
+  result = run_main(module=MODULE, cwd=str(tmp_path))   # the defaults write docs/ under cwd
   assert result.returncode == 0, result.stderr
   with open(tmp_path / 'docs' / 'WALKTHROUGH.md', encoding='utf-8') as f:
     written = f.read()
@@ -182,14 +182,15 @@ def test_figure_2_is_written_and_draws_the_numbers_of_layer_specs(tmp_path, conf
 
 
 def test_bad_flags_fail_with_one_line_and_write_nothing(tmp_path):
-  result = run_module(MODULE, '--image_size=20', cwd=str(tmp_path), timeout=60)
+  result = run_main('--image_size=20', module=MODULE, cwd=str(tmp_path), timeout=60)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [
       f'python -m {MODULE}: error: image_size 20 is too small: the feature map vanishes before '
       f'fc6. Use at least {model_lib.smallest_image_size(PAPER)}.']
   assert not os.listdir(tmp_path)
   (tmp_path / 'file').write_text('')
-  result = run_module(MODULE, '--out=file/WALKTHROUGH.md', cwd=str(tmp_path), timeout=60)
+  result = run_main('--out=file/WALKTHROUGH.md', module=MODULE, cwd=str(tmp_path),
+                    timeout=60)
   assert result.returncode != 0
   (line,) = result.stderr.strip().splitlines()
   assert line.startswith(f'python -m {MODULE}: error: ') and 'file' in line

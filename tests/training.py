@@ -14,7 +14,7 @@ from tests import stream
 MODEL = config_lib.ModelConfig(num_classes=1000, image_size=67, width=0.125, init='he')
 OPTIMIZER = config_lib.OptimizerConfig(learning_rate=0.001, schedule='constant')
 LOOP = config_lib.TrainConfig(batch_size=8, num_train_steps=6, eval_every_steps=3,
-                         checkpoint_every_steps=2, log_every_steps=1, seed=0)
+                              checkpoint_every_steps=2, log_every_steps=1, seed=0)
 
 
 def data(demo, **overrides):

@@ -15,8 +15,9 @@ Determinism and resumption: the training stream of each reader (a process, or th
 processes of a tower pair) is its part of the split (tfds.even_splits), epoch after
 epoch; epoch e's file order and shuffle are seeded by (seed, e), and every random choice
 of an example is a stateless op seeded by (seed, the example's position in the stream).
-So the same seed gives the same batches, and `start_step=N` replays only the records
-(not the decoding) of the epoch it resumes in.
+So the same seed gives the same batches, and a resumed stream (`start_step=N`, or
+`start_position`: the examples already read) replays only the records (not the decoding)
+of the epoch it resumes in.
 """
 
 from __future__ import annotations
@@ -113,12 +114,13 @@ def _epoch_seed(seed: int, epoch) -> tf.Tensor:
 
 
 def train_dataset(cfg: DataConfig, local_batch_size: int, *, start_step: int = 0,
-                  process_index: int | None = None,
+                  start_position: int | None = None, process_index: int | None = None,
                   process_count: int | None = None) -> tf.data.Dataset:
   """This process's endless training batches from `start_step` on (numpy-ready).
 
   Yields {'images': uint8 (b, S, S, 3), 'labels': int32 (b,)} with b = local_batch_size.
   Batches run across epoch boundaries; step N holds stream positions N*b .. N*b+b-1.
+  start_position (examples of this stream already read) wins over start_step.
   """
   cfg.validate()
   builder = tfds_data.prepared_builder(cfg)
@@ -127,7 +129,8 @@ def train_dataset(cfg: DataConfig, local_batch_size: int, *, start_step: int = 0
   num_examples = builder.info.splits[split].num_examples
   if num_examples == 0:
     raise UserError(f'{cfg.train_split} has no examples for process {index} of {count}.')
-  first_epoch, offset = divmod(start_step * local_batch_size, num_examples)
+  position = start_step * local_batch_size if start_position is None else start_position
+  first_epoch, offset = divmod(position, num_examples)
   parse, is_jpeg = _parser(builder), tfds_data.is_jpeg(builder)
 
   def epoch_records(epoch):
@@ -239,14 +242,17 @@ def prefetch(iterator: Iterable, size: int = 2) -> Iterator:
     yield queue.popleft()
 
 
-def train_batches(cfg: DataConfig, global_batch_size: int, mesh,
-                  start_step: int = 0) -> Iterator[dict]:
+def train_batches(cfg: DataConfig, global_batch_size: int, mesh, start_step: int = 0,
+                  start_examples: int | None = None) -> Iterator[dict]:
   """Endless {'images': uint8 (B, S, S, 3), 'labels': int32 (B,)} global arrays.
 
   The batch of step N is the same whether the run started at 0 or resumed at N.
+  start_examples (examples the run has seen, over all readers) wins over start_step.
   """
   local, index, count = _reader_batch(global_batch_size, mesh)
-  ds = train_dataset(cfg, local, start_step=start_step, process_index=index, process_count=count)
+  position = None if start_examples is None else start_examples // count  # each reads a part
+  ds = train_dataset(cfg, local, start_step=start_step, start_position=position,
+                     process_index=index, process_count=count)
   return prefetch(_to_global(ds.as_numpy_iterator(), mesh, count))
 
 

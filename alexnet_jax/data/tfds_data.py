@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import io
 import os
+import sys
+import tarfile
 import time
 
 from absl import logging
@@ -31,6 +33,10 @@ class MissingDataError(UserError, FileNotFoundError):
   """The dataset is not prepared and the files to prepare it are not where expected."""
 
 
+class BrokenTarError(UserError):
+  """An ImageNet tar ends early or holds something that is not a tar."""
+
+
 def _hide_accelerators_from_tf() -> None:
   """tf.data never touches the accelerator; a full TF would otherwise grab its memory."""
   try:
@@ -41,6 +47,17 @@ def _hide_accelerators_from_tf() -> None:
 
 
 _hide_accelerators_from_tf()
+
+
+def _decodes_in_pil(data: bytes) -> bool:
+  """Whether PIL decodes every scan of a JPEG (at 1/8 size: quick)."""
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      image.draft(image.mode, (image.width // 8, image.height // 8))
+      image.load()
+    return True
+  except Exception:  # pylint: disable=broad-except
+    return False
 
 
 def sanitize_image(data: bytes) -> bytes | None:
@@ -56,6 +73,9 @@ def sanitize_image(data: bytes) -> bytes | None:
     fmt, mode = None, None  # let TF decide
   try:
     if fmt == 'JPEG' and mode in ('RGB', 'L'):
+      # PIL first: TF's decoder logs an error line for every broken file it meets.
+      if not _decodes_in_pil(data):
+        return None
       tf.io.decode_jpeg(data, ratio=8)
       return data
     if fmt == 'JPEG':  # CMYK or YCCK: libjpeg converts to RGB
@@ -76,11 +96,23 @@ def _imagenet_builder_cls():
     name = IMAGENET
     pkg_dir_path = stock.Builder._get_pkg_dir_path()  # pylint: disable=protected-access
 
-    def __init__(self, **kwargs):
+    def __init__(self, tars_dir: str | None = None, **kwargs):
       super().__init__(**kwargs)
+      self.tars_dir = tars_dir  # named in its errors
       self.skipped: list[str] = []
 
     def _generate_examples(self, archive, **kwargs):
+      try:
+        yield from self._sanitized_examples(archive, **kwargs)
+      except (tarfile.TarError, EOFError) as error:
+        # The stock builder passes validation labels for the val tar only.
+        name = demo_data.VAL_TAR if kwargs.get('validation_labels') else demo_data.TRAIN_TAR
+        raise BrokenTarError(
+            f'{name} in {self.tars_dir} cannot be read to its end ({error}): it is '
+            'truncated or damaged. Download it again (compare its size with image-net.org\'s).'
+        ) from None
+
+    def _sanitized_examples(self, archive, **kwargs):
       for key, example in super()._generate_examples(archive, **kwargs):
         image = example['image']
         data = image if isinstance(image, bytes) else image.read()
@@ -137,7 +169,9 @@ def prepare(cfg: DataConfig) -> list[str]:
   if cfg.dataset != IMAGENET:
     tfds_builder(cfg).download_and_prepare()
     return []
-  builder = _imagenet_builder_cls()(data_dir=cfg.data_dir)
+  builder = _imagenet_builder_cls()(data_dir=cfg.data_dir, tars_dir=cfg.manual_dir)
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()  # a log file would get the bars' escape codes
   start = time.time()
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=cfg.manual_dir))

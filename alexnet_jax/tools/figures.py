@@ -17,6 +17,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from PIL import Image
+from PIL import ImageDraw
 
 from alexnet_jax import metrics as metrics_lib
 
@@ -25,6 +26,8 @@ BACKGROUND = 255            # white
 KERNEL_SCALE = 4            # an 11 x 11 kernel is drawn as 44 x 44 pixels
 KERNEL_COLUMNS = 16         # the paper's 48 kernels per tower make 3 rows
 TOWER_GAP = 8               # extra pixels between tower 1's rows and tower 2's
+LABEL_WIDTH = 56            # the column left of the kernels that names each tower
+LABEL_COLOR = (0, 0, 0)
 BORDER = 3                  # frame around each image of the neighbour grid
 QUERY_COLOR = (40, 40, 40)
 SAME_LABEL_COLOR = (30, 160, 60)
@@ -83,6 +86,23 @@ def kernel_grid(kernels: np.ndarray, scale: int = KERNEL_SCALE,
   return np.concatenate(parts)
 
 
+def labelled_kernel_grid(kernels: np.ndarray, **grid) -> np.ndarray:
+  """kernel_grid with LABEL_WIDTH more pixels on the left naming each tower's rows."""
+  image = kernel_grid(kernels, **grid)
+  towers = kernels.shape[0]
+  height = (image.shape[0] - (towers - 1) * TOWER_GAP) // towers  # of one tower's rows
+  canvas = Image.fromarray(np.concatenate(
+      [np.full((image.shape[0], LABEL_WIDTH, 3), BACKGROUND, np.uint8), image], axis=1))
+  draw = ImageDraw.Draw(canvas)
+  for tower in range(towers):
+    text = f'tower {tower + 1}'
+    left, top, right, bottom = draw.textbbox((0, 0), text)  # centred by hand: any PIL font
+    middle = tower * (height + TOWER_GAP) + height // 2
+    draw.text(((LABEL_WIDTH - right - left) // 2, middle - (bottom + top) // 2), text,
+              fill=LABEL_COLOR)
+  return np.asarray(canvas)
+
+
 def _framed(image: np.ndarray, color, border: int) -> np.ndarray:
   """The image inside a frame of `border` pixels of `color`."""
   h, w = image.shape[:2]
@@ -113,9 +133,12 @@ def neighbour_grid(queries: np.ndarray, neighbours: np.ndarray, same_label: np.n
 def curve_data(workdir: str) -> dict[str, np.ndarray]:
   """What learning_curves plots for one run, each step once (a resumed run's last line wins).
 
-  Keys: epoch, loss, learning_rate (training log lines); eval_epoch, top1_error,
-  top5_error (evaluations, in %); drops (epochs where the learning rate fell to a fifth
-  or less of the previous line's: the paper's divisions by 10, not a smooth decay).
+  Keys: epoch, loss, learning_rate (training log lines); loss_epoch (the middle of the
+  steps each loss line averages: a line logged at step s after one at step p stands for
+  (p + s) / 2, so a short last window is not drawn ahead of the others, as a false dip);
+  eval_epoch, top1_error, top5_error (evaluations, in %); drops (epochs where the
+  learning rate fell to a fifth or less of the previous line's: the paper's divisions by
+  10, not a smooth decay).
   """
   records = metrics_lib.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
   train = [r for r in records if 'loss' in r]
@@ -123,7 +146,11 @@ def curve_data(workdir: str) -> dict[str, np.ndarray]:
   column = lambda rows, key: np.array([r[key] for r in rows], np.float64)
   rates = column(train, 'learning_rate')
   epochs = column(train, 'epoch')
-  return {'epoch': epochs, 'loss': column(train, 'loss'), 'learning_rate': rates,
+  steps = column(train, 'step')
+  middles = (steps + np.concatenate([[0.0], steps[:-1]])) / 2
+  loss_epochs = np.divide(epochs * middles, steps, out=np.zeros_like(epochs), where=steps > 0)
+  return {'epoch': epochs, 'loss': column(train, 'loss'), 'loss_epoch': loss_epochs,
+          'learning_rate': rates,
           'eval_epoch': column(evals, 'epoch'),
           'top1_error': 100 * (1 - column(evals, 'top1')),
           'top5_error': 100 * (1 - column(evals, 'top5')),
@@ -141,7 +168,7 @@ def learning_curves(workdirs: Sequence[str], path: str,
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   for workdir, label in zip(workdirs, labels):
     data = curve_data(workdir)
-    line, = axes[0].plot(data['epoch'], data['loss'], label=label)
+    line, = axes[0].plot(data['loss_epoch'], data['loss'], label=label)
     color = line.get_color()
     for key, style, name in (('top1_error', 'o-', 'top-1'), ('top5_error', 's--', 'top-5')):
       last = f' ({data[key][-1]:.1f}%)' if len(data[key]) else ''

@@ -1,8 +1,9 @@
 """What a trained net learned: the paper's Figures 3 and 4, learning curves, results table.
 
 Figures of one checkpoint, into WORKDIR/figures/ (or --figures_dir):
-  conv1_kernels.png     Figure 3: the first-layer kernels, tower 1 above tower 2, each
-                        min-max normalized; with each tower's colour fraction (below).
+  conv1_kernels.png     Figure 3: the first-layer kernels, tower 1 above tower 2 (each
+                        labelled), each min-max normalized; with each tower's colour
+                        fraction (below).
   nearest_neighbours.png  Figure 4: query images of the eval split (first column) and the
                         training images nearest to them in fc7 space.
   learning_curves.png   loss, top-1/top-5 error and learning rate from metrics.jsonl.
@@ -11,7 +12,7 @@ Figures of one checkpoint, into WORKDIR/figures/ (or --figures_dir):
   python -m alexnet_jax.main --mode=visualize --flagfile=experiments/visualize.flags
 
 The results table (docs/RESULTS.md): the paper's numbers beside each run's newest
-eval/<split>_step<N>.json, and its Figure 3/4 statistics where summary.json exists.
+eval/<split>_step<N>[_crops<C>].json, and its Figure 3/4 statistics where summary.json exists.
 
   python -m alexnet_jax.main --mode=visualize --results --runs=[EXPERIMENT=]WORKDIR,...
 
@@ -63,7 +64,7 @@ def kernel_figure(params, path: str) -> list[dict]:
   """Writes Figure 3 of params' conv1 to path; returns each tower's colour fractions."""
   from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
   kernels = np.asarray(jax.device_get(params['conv1']['kernel']))  # (towers, k, k, 3, C)
-  figures.save_png(figures.kernel_grid(kernels), path)
+  figures.save_png(figures.labelled_kernel_grid(kernels), path)
   return [{'tower': t + 1, 'mean_color_fraction': float(np.mean(f)),
            'median_color_fraction': float(np.median(f)), 'color_fraction': f.tolist()}
           for t, f in enumerate(color_fraction(kernels))]
@@ -271,14 +272,15 @@ def named_runs(runs: Sequence[str], known: dict[str, dict]) -> list[tuple[str, s
 
 
 def newest_evals(workdir: str) -> list[dict]:
-  """The newest eval/<split>_step<N>.json of each split in workdir."""
+  """The newest eval/<split>_step<N>[_crops<C>].json of each split and crop count."""
   newest = {}
   for path in glob.glob(os.path.join(workdir, 'eval', '*_step*.json')):
     with open(path) as f:
       result = json.load(f)
-    if result['step'] >= newest.get(result['split'], {'step': -1})['step']:
-      newest[result['split']] = result
-  return [newest[split] for split in sorted(newest)]
+    key = (result['split'], result.get('crops', 1))
+    if result['step'] >= newest.get(key, {'step': -1})['step']:
+      newest[key] = result
+  return [newest[key] for key in sorted(newest)]
 
 
 def _data_name(values) -> str:
@@ -314,7 +316,8 @@ def results_table(runs: Sequence[str], experiments_dir: str = os.path.join(ROOT,
       'rerun it rather than editing this file.', '',
       "Paper: top-1 / top-5 error (%) on ILSVRC-2012 validation, one CNN, 10 crops (40.7 / "
       '18.2); an ablation is that plus the difference the paper reports for it. Measured: '
-      "each run's newest `eval/<split>_step<N>.json`; its split and crops are in the table "
+      "each run's newest `eval/<split>_step<N>[_crops<C>].json` of each split and crop "
+      'count, both in the table '
       '(in-training evaluation is 1 crop; `--mode=eval --eval_crops=10` gives the paper\'s '
       'protocol). — means not reported or not measured.', '']
   if not measured_imagenet:
