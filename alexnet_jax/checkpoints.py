@@ -73,12 +73,27 @@ class Checkpoints:
     if read_only and not os.path.isdir(self.directory):
       raise self.none_error()
     # best_fn makes orbax write the metrics to disk (the policy alone keeps them in memory),
-    # so a resumed run still knows which checkpoint is the best.
+    # so a resumed run still knows which checkpoint is the best. Orbax's constructor would
+    # fail on a metrics file that does not parse: they are read below instead.
     options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
                                            cleanup_tmp_directories=not read_only,
-                                           preservation_policy=policy, best_fn=_top1)
+                                           preservation_policy=policy, best_fn=_top1,
+                                           lightweight_initialize=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=('state', 'config'))
+    self._set_aside_steps = [] if read_only else self._read_metrics()
+
+  def _read_metrics(self) -> list[int]:
+    """Gives the policy every checkpoint's metrics; returns the steps set aside as unreadable."""
+    unreadable = []
+    for step in self.steps():
+      try:
+        self.manager.metrics(step)
+      except ValueError as error:  # json.JSONDecodeError: a truncated or emptied file
+        self._skip(step, error, reload=False)
+        unreadable.append(step)
+    self.manager.reload()
+    return unreadable
 
   def none_error(self) -> NoCheckpointError:
     return NoCheckpointError(
@@ -134,21 +149,22 @@ class Checkpoints:
         continue
       logging.info('Restored step %d from %s', candidate, self.directory)
       return restored['state']
-    if candidates:
+    unreadable = sorted(candidates + self._set_aside_steps)
+    if unreadable:
       raise NoCheckpointError(
-          f'no checkpoint in {self.directory} could be read (steps {candidates}; see the '
+          f'no checkpoint in {self.directory} could be read (steps {unreadable}; see the '
           'warnings above). Move them away to start afresh, or use another --workdir.')
     return None
 
-  def _skip(self, step: int, error: Exception) -> None:
+  def _skip(self, step: int, error: Exception, reload: bool = True) -> None:
     """Leaves an unreadable checkpoint behind: moved to WORKDIR/corrupt/ unless read-only."""
     logging.warning('Checkpoint %d in %s cannot be read (%s: %s); trying an older one.',
                     step, self.directory, type(error).__name__,
                     str(error).splitlines()[0][:200] if str(error) else '')
     if not self.read_only:
-      self._set_aside(step)
+      self._set_aside(step, reload)
 
-  def _set_aside(self, step: int) -> None:
+  def _set_aside(self, step: int, reload: bool = True) -> None:
     """Moves a checkpoint out of the way, keeping its files (a later save may reuse its step)."""
     corrupt = os.path.join(os.path.abspath(self.workdir), 'corrupt')
     target = os.path.join(corrupt, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
@@ -157,4 +173,5 @@ class Checkpoints:
       os.makedirs(corrupt, exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), target)
     distributed.barrier(f'set_aside_{step}')  # nobody reloads before the move is done
-    self.manager.reload()
+    if reload:
+      self.manager.reload()
