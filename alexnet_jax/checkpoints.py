@@ -104,11 +104,13 @@ class Checkpoints:
       raise self.none_error()
     # save_interval_steps=0 when reading: orbax warns about any other value. best_fn makes
     # orbax write the metrics to disk (the policy alone keeps them in memory), so a resumed
-    # run still knows which checkpoint is the best.
+    # run still knows which checkpoint is the best. Orbax's constructor would fail on a
+    # metrics file that does not parse: they are read below instead.
     options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
                                            cleanup_tmp_directories=not read_only,
                                            save_interval_steps=0 if read_only else 1,
-                                           preservation_policy=policy, best_fn=_top1)
+                                           preservation_policy=policy, best_fn=_top1,
+                                           lightweight_initialize=True)
     # Handlers named up front: a fresh manager can then read a step's metadata. Reads
     # take the PyTree handler, which restores part of what StandardSave wrote.
     self.manager = ocp.CheckpointManager(
@@ -117,6 +119,24 @@ class Checkpoints:
                                  else ocp.StandardCheckpointHandler()),
                        'config': ocp.JsonCheckpointHandler()})
     self._failed, self._saving = False, None
+    self._torn = [] if read_only else self._read_metrics()
+
+  def _read_metrics(self) -> list[int]:
+    """Gives the policy every checkpoint's metrics; sets aside those whose file is torn.
+
+    Orbax commits a step's metrics with its arrays, so a metrics file that does not parse
+    (what a kill -9 or a full disk can leave) marks a torn checkpoint; orbax's own reload
+    would fail on it.
+    """
+    torn = []
+    for step in self.steps():
+      try:
+        self.manager.metrics(step)
+      except ValueError as error:  # json.JSONDecodeError: a truncated or emptied file
+        self._move_aside(step, f'its metrics file does not parse ({_first_line(error)})')
+        torn.append(step)
+    self.manager.reload()  # reads the metrics of the rest into the preservation policy
+    return torn
 
   def none_error(self) -> NoCheckpointError:
     return NoCheckpointError(
@@ -211,6 +231,11 @@ class Checkpoints:
         self._skip(bad, reason, candidate)
       logging.info('Restored step %d from %s', candidate, self.directory)
       return state
+    if self._torn and not candidates:
+      raise NoCheckpointError(
+          f'no checkpoint in {self.directory} could be read: steps {self._torn} were torn '
+          'and are set aside in WORKDIR/corrupt/. Move them back only to inspect them; '
+          'train afresh in another --workdir.')
     if candidates:
       reasons = '; '.join(f'step {bad}: {reason}' for bad, reason in unreadable)
       raise NoCheckpointError(
@@ -260,16 +285,20 @@ class Checkpoints:
       logging.warning('Checkpoint %d in %s is unreadable (%s); using step %d.',
                       step, self.directory, why, used)
       return
+    self._move_aside(step, f'{why}; using step {used}')
+    self.manager.reload()
+
+  def _move_aside(self, step: int, why: str) -> None:
+    """Moves a checkpoint to WORKDIR/corrupt/, keeping its files (a later save may reuse its
+    step), with one warning saying why."""
     corrupt = os.path.join(os.path.abspath(self.workdir), 'corrupt')
     target = os.path.join(corrupt, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-    logging.warning('Checkpoint %d in %s is unreadable (%s): moved to %s; using step %d.',
-                    step, self.directory, why, target, used)
-    # Moved, not deleted: its files stay, and a later save may reuse its step.
+    logging.warning('Checkpoint %d in %s is unreadable (%s): moved to %s.',
+                    step, self.directory, why, target)
     if jax.process_index() == 0:
       os.makedirs(corrupt, exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), target)
     distributed.barrier(f'set_aside_{step}')  # nobody reloads before the move is done
-    self.manager.reload()
 
 
 def _first_line(error: BaseException) -> str:

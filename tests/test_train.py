@@ -261,15 +261,20 @@ def test_corrupt_and_half_written_checkpoints_are_skipped(demo, uninterrupted, t
 
 
 @pytest.mark.slow
-def test_a_workdir_whose_checkpoints_are_all_unreadable_is_an_error(uninterrupted, tmp_path):
+def test_a_workdir_whose_checkpoints_are_all_unreadable_is_an_error(demo, uninterrupted,
+                                                                    tmp_path):
   workdir = _copy_run(uninterrupted[0], tmp_path / 'run')
-  for step in os.listdir(f'{workdir}/checkpoints'):
-    if step.isdigit():
-      for path in glob.glob(f'{workdir}/checkpoints/{step}/**', recursive=True):
-        if os.path.isfile(path):
-          open(path, 'w').close()  # every file emptied
+  steps = [step for step in os.listdir(f'{workdir}/checkpoints') if step.isdigit()]
+  for step in steps:
+    for path in glob.glob(f'{workdir}/checkpoints/{step}/**', recursive=True):
+      if os.path.isfile(path):
+        open(path, 'w').close()  # every file emptied, the metrics too
   with pytest.raises(checkpoints.NoCheckpointError, match='could be read'):
     train.restore_params(training.MODEL, meshes.mesh(1, 1), str(workdir))
+  # Training sets the torn ones aside (nothing deleted) and stops rather than start afresh.
+  with pytest.raises(checkpoints.NoCheckpointError, match='could be read'):
+    training.run(demo, workdir)
+  assert len(os.listdir(f'{workdir}/corrupt')) == len(steps)
 
 
 @pytest.mark.slow
