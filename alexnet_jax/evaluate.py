@@ -13,19 +13,22 @@ from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from alexnet_jax import parallel
 from alexnet_jax import preprocess
 from alexnet_jax.config import UserError
 
 
-def crop_probabilities(forward, params, images, normalizer) -> jax.Array:
-  """Softmax averaged over crops: images uint8 (B, C, S, S, 3) -> (B, classes)."""
+def crop_log_probabilities(forward, params, images, normalizer) -> jax.Array:
+  """Log of the softmax averaged over crops: images uint8 (B, C, S, S, 3) -> (B, classes).
+
+  Computed in log space (logsumexp over the crops' log-softmax), so a confidently wrong
+  prediction gets its true cross-entropy instead of underflowing to log(0).
+  """
   batch, crops = images.shape[:2]
   flat = images.reshape((batch * crops,) + images.shape[2:])
-  logits = forward(params, normalizer(flat))
-  return jax.nn.softmax(logits).reshape(batch, crops, -1).mean(axis=1)
+  log_probs = jax.nn.log_softmax(forward(params, normalizer(flat)).astype(jnp.float32))
+  return jax.nn.logsumexp(log_probs.reshape(batch, crops, -1), axis=1) - jnp.log(crops)
 
 
 def make_eval_step(model_config, mesh, normalizer: preprocess.Normalizer) -> Callable:
@@ -34,12 +37,12 @@ def make_eval_step(model_config, mesh, normalizer: preprocess.Normalizer) -> Cal
 
   @jax.jit
   def eval_step(params, batch):
-    probs = crop_probabilities(forward, params, batch['images'], normalizer)
+    log_probs = crop_log_probabilities(forward, params, batch['images'], normalizer)
     labels, mask = batch['labels'], batch['mask']
-    top5 = jax.lax.top_k(probs, min(5, probs.shape[-1]))[1]
+    top5 = jax.lax.top_k(log_probs, min(5, log_probs.shape[-1]))[1]
     hit1 = (top5[:, 0] == labels) & mask
     hit5 = jnp.any(top5 == labels[:, None], axis=-1) & mask
-    nll = optax.softmax_cross_entropy_with_integer_labels(jnp.log(probs + 1e-12), labels)
+    nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
     return {'correct1': hit1.sum(), 'correct5': hit5.sum(),
             'loss': jnp.where(mask, nll, 0.0).sum(), 'examples': mask.sum()}
 

@@ -8,6 +8,7 @@ import re
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -73,8 +74,9 @@ def top5(model_config, mesh, params, crops: np.ndarray,
   # Replicated results: every process can read them, also when 'data' spans processes.
   @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
   def run(params, images):
-    probs = evaluate_lib.crop_probabilities(forward, params, images, normalizer)
-    return jax.lax.top_k(probs, min(5, probs.shape[-1]))
+    log_probs = evaluate_lib.crop_log_probabilities(forward, params, images, normalizer)
+    log_top5, classes = jax.lax.top_k(log_probs, min(5, log_probs.shape[-1]))
+    return jnp.exp(log_top5), classes
 
   with jax.set_mesh(mesh):
     probs, classes = jax.device_get(run(params, images))

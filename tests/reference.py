@@ -85,10 +85,12 @@ def logits(params, images, lrn=True):
 
 def scores(params, images, labels):
   """(top-1, top-5, mean cross-entropy) of the reference net on (N, S, S, 3) inputs."""
-  probs = np.asarray(jax.nn.softmax(_logits(params, images)), np.float64)
-  ranked = np.argsort(-probs, axis=-1)[:, :5]
+  logits = np.asarray(_logits(params, images), np.float64)
+  log_probs = logits - logits.max(axis=-1, keepdims=True)
+  log_probs -= np.log(np.exp(log_probs).sum(axis=-1, keepdims=True))
+  ranked = np.argsort(-log_probs, axis=-1)[:, :5]
   hit = ranked == np.asarray(labels)[:, None]
-  loss = -np.log(probs[np.arange(len(labels)), labels] + 1e-12)  # the eval loss's floor
+  loss = -log_probs[np.arange(len(labels)), labels]
   return hit[:, 0].mean(), hit.any(axis=-1).mean(), loss.mean()
 
 

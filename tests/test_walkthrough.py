@@ -90,7 +90,7 @@ def test_the_walkthrough_counts_are_the_summary_table(committed):
 def test_the_compiled_bytes_are_the_shapes_of_what_the_other_tower_sends(committed):
   from_shapes = re.findall(rf'4 bytes, .*= ({NUMBER}) bytes per image\.', committed)
   compiled = re.findall(rf'forward [a-z-]+, ({NUMBER}) bytes per image received', committed)
-  assert len(from_shapes) == len(compiled) == len(model_lib.PAPER_CROSSINGS)
+  assert len(from_shapes) == len(compiled) == len(config_lib.PAPER_CROSSINGS)
   assert from_shapes == compiled
   specs = {s.name: s for s in model_lib.layer_specs(PAPER)}
   assert _int(compiled[0]) == specs['conv2'].out_size ** 2 * specs['conv2'].features * 4
@@ -185,8 +185,8 @@ def test_bad_flags_fail_with_one_line_and_write_nothing(tmp_path):
   result = run_main('--image_size=20', module=MODULE, cwd=str(tmp_path), timeout=60)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [
-      f'python -m {MODULE}: error: image_size 20 is too small: the feature map vanishes before '
-      f'fc6. Use at least {model_lib.smallest_image_size(PAPER)}.']
+      f'python -m {MODULE}: error: --image_size=20 is too small: the feature map vanishes '
+      f'before fc6. Use at least {model_lib.smallest_image_size(PAPER)}.']
   assert not os.listdir(tmp_path)
   (tmp_path / 'file').write_text('')
   result = run_main('--out=file/WALKTHROUGH.md', module=MODULE, cwd=str(tmp_path),
