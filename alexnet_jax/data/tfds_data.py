@@ -128,6 +128,7 @@ def _imagenet_builder_cls():
 
 
 def tfds_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
+  """The one place a TFDS builder is opened (prepared or not: the facts before and after)."""
   return tfds.builder(cfg.dataset, data_dir=cfg.data_dir)
 
 
@@ -182,15 +183,15 @@ def prepare(cfg: DataConfig) -> list[str]:
 
 
 def prepared_builder(cfg: DataConfig):
-  """The builder of the prepared dataset, opened once per dataset and data dir."""
-  return _prepared_builder(cfg.dataset, cfg.data_dir)
+  """The builder of the prepared dataset, opened once per data config."""
+  return _prepared_builder(cfg)
 
 
 @functools.cache
-def _prepared_builder(dataset: str, data_dir: str | None):
-  builder = tfds.builder(dataset, data_dir=data_dir)
+def _prepared_builder(cfg: DataConfig):
+  builder = tfds_builder(cfg)
   if not is_prepared(builder):
-    raise MissingDataError(f'{dataset} is not prepared in {builder.data_dir}: call '
+    raise MissingDataError(f'{cfg.dataset} is not prepared in {builder.data_dir}: call '
                            'input_pipeline.prepare(cfg) first (train does it).')
   return builder
 
