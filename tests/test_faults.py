@@ -100,13 +100,25 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(demo, tmp_path):
 
 
 def test_eval_mode_reports_what_training_reported(demo, straight_run):
-  result = cli.run_main(*_flags(demo, straight_run, mode='eval'))
+  # With TensorFlow's and orbax's defaults: nothing but its own INFO lines on stderr.
+  result = cli.run_main(*_flags(demo, straight_run, mode='eval'),
+                        env={'TF_CPP_MIN_LOG_LEVEL': None})
   assert result.returncode == 0, result.stderr
-  import json  # pylint: disable=import-outside-toplevel
+  assert cli.problems(result.stderr) == []
   records = [r for r in metrics.read_metrics(f'{straight_run}/metrics.jsonl') if 'top1' in r]
   final = json.load(open(f'{straight_run}/eval/train_90_step{STEPS}.json'))
   assert final['top1'] == records[-1]['top1'] and final['top5'] == records[-1]['top5']
   assert f'at step {STEPS}' in result.stdout
+
+
+def test_eval_with_10_crops_writes_its_own_result_beside_the_1_crop_one(demo, straight_run):
+  one_crop = f'{straight_run}/eval/train_90_step{STEPS}.json'
+  before = open(one_crop).read()
+  result = cli.run_main(*_flags(demo, straight_run, mode='eval', eval_crops=10))
+  assert result.returncode == 0, result.stderr
+  ten_crops = f'{straight_run}/eval/train_90_step{STEPS}_crops10.json'
+  assert f'Wrote {ten_crops}' in result.stdout
+  assert json.load(open(ten_crops))['crops'] == 10 and open(one_crop).read() == before
 
 
 def test_predict_prints_top5_and_refuses_a_file_that_is_not_an_image(demo, straight_run,
