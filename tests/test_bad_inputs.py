@@ -80,6 +80,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', CASES)
 def test_a_bad_input_is_one_line_before_anything_is_compiled(demo, truncated_tars, tmp_path,
                                                              name):

@@ -103,13 +103,26 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(demo, tmp_path):
 
 @pytest.mark.slow
 def test_eval_mode_reports_what_training_reported(demo, straight_run):
-  result = cli.run_main(*_flags(demo, straight_run, mode='eval'))
+  # With TensorFlow's and orbax's defaults: nothing but its own INFO lines on stderr.
+  result = cli.run_main(*_flags(demo, straight_run, mode='eval'),
+                        env={'TF_CPP_MIN_LOG_LEVEL': None})
   assert result.returncode == 0, result.stderr
-  import json  # pylint: disable=import-outside-toplevel
+  assert cli.problems(result.stderr) == []
   records = [r for r in metrics.read_metrics(f'{straight_run}/metrics.jsonl') if 'top1' in r]
   final = json.load(open(f'{straight_run}/eval/train_90_step{STEPS}.json'))
   assert final['top1'] == records[-1]['top1'] and final['top5'] == records[-1]['top5']
   assert f'at step {STEPS}' in result.stdout
+
+
+@pytest.mark.slow
+def test_eval_with_10_crops_writes_its_own_result_beside_the_1_crop_one(demo, straight_run):
+  one_crop = f'{straight_run}/eval/train_90_step{STEPS}.json'
+  before = open(one_crop).read()
+  result = cli.run_main(*_flags(demo, straight_run, mode='eval', eval_crops=10))
+  assert result.returncode == 0, result.stderr
+  ten_crops = f'{straight_run}/eval/train_90_step{STEPS}_crops10.json'
+  assert f'Wrote {ten_crops}' in result.stdout
+  assert json.load(open(ten_crops))['crops'] == 10 and open(one_crop).read() == before
 
 
 @pytest.mark.slow
@@ -135,6 +148,7 @@ def test_eval_without_checkpoints_is_a_clear_error(demo, tmp_path):
   assert 'no checkpoints' in result.stderr and 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(demo, tmp_path):
   process = _start(_flags(demo, tmp_path, num_train_steps=1000, checkpoint_every_steps=1000,
                           eval_every_steps=1000))
@@ -148,6 +162,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(demo, tmp_path):
   assert 'Traceback' not in stderr and 'KeyboardInterrupt' not in stderr
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_without_saving(demo, tmp_path):
   process = _start(_flags(demo, tmp_path, num_train_steps=1000, checkpoint_every_steps=1000,
                           eval_every_steps=1000))
@@ -161,6 +176,7 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(demo, tmp_path):
   assert 'Traceback' not in stderr
 
 
+@pytest.mark.slow
 def test_a_second_training_on_a_workdir_in_use_stops_at_once_and_a_dead_holder_is_replaced(
     demo, tmp_path):
   workdir = tmp_path / 'run'
@@ -181,6 +197,7 @@ def test_a_second_training_on_a_workdir_in_use_stops_at_once_and_a_dead_holder_i
   assert (workdir / 'lock').read_text() == ''  # a clean exit empties it
 
 
+@pytest.mark.slow
 def test_a_failed_background_save_stops_the_run_with_one_line_and_deletes_nothing(
     demo, tmp_path):
   # Saves every 2 steps, keeping 1: the save of step 4 would delete step 2 once written.
@@ -196,6 +213,7 @@ def test_a_failed_background_save_stops_the_run_with_one_line_and_deletes_nothin
   assert max(_losses(tmp_path)) <= 6
 
 
+@pytest.mark.slow
 def test_training_in_a_read_only_workdir_stops_before_compiling(demo, tmp_path):
   workdir = tmp_path / 'read_only'
   workdir.mkdir()
@@ -207,6 +225,7 @@ def test_training_in_a_read_only_workdir_stops_before_compiling(demo, tmp_path):
       'run writes its checkpoints, metrics or figures there. Choose a writable directory.']
 
 
+@pytest.mark.slow
 def test_eval_in_a_read_only_workdir_prints_its_result_then_says_it_was_not_written(
     demo, straight_run, tmp_path):
   workdir = tmp_path / 'run'
@@ -221,6 +240,7 @@ def test_eval_in_a_read_only_workdir_prints_its_result_then_says_it_was_not_writ
   assert not os.path.exists(f'{workdir}/eval/train_90_step{STEPS}.json')
 
 
+@pytest.mark.slow
 def test_a_torn_metrics_line_is_skipped_by_readers_and_dropped_on_resume(demo, straight_run,
                                                                          tmp_path):
   workdir = tmp_path / 'run'
@@ -245,6 +265,7 @@ def test_a_torn_metrics_line_is_skipped_by_readers_and_dropped_on_resume(demo, s
   assert _losses(workdir) == _losses(straight_run)
 
 
+@pytest.mark.slow
 def test_predict_on_a_directory_classifies_the_images_in_it(demo, straight_run, tmp_path):
   from PIL import Image  # pylint: disable=import-outside-toplevel
   folder = tmp_path / 'photos'

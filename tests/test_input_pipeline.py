@@ -104,6 +104,24 @@ def test_sanitize_image_converts_cmyk_and_png_and_rejects_garbage():
   assert tfds_data.sanitize_image(b'not an image') is None
 
 
+def test_a_broken_jpeg_is_rejected_without_tensorflow_logging_an_error(tmp_path):
+  from tests import cli  # pylint: disable=import-outside-toplevel
+  good = _encode(np.full((40, 60, 3), 90, np.uint8), 'JPEG')
+  broken = tmp_path / 'broken.JPEG'
+  broken.write_bytes(good[:len(good) // 3])  # the demo's corrupt file: header intact
+  def run(code):  # TF's C++ level as main.py sets it: errors shown, INFO lines not
+    return subprocess.run([sys.executable, '-c', code, str(broken)], cwd=cli.ROOT,
+                          env=cli.environment(TF_CPP_MIN_LOG_LEVEL='1'), capture_output=True,
+                          text=True, timeout=120)
+  sanitized = run('import sys; from alexnet_jax import tfds_data; '
+                  'print(tfds_data.sanitize_image(open(sys.argv[1], "rb").read()))')
+  assert sanitized.stdout.strip() == 'None' and sanitized.stderr == ''
+  # What the check spares: TF's own decoder logs an error line for such a file.
+  decoded = run('import sys, tensorflow as tf\ntry: tf.io.decode_jpeg(open(sys.argv[1], "rb")'
+                '.read(), ratio=8)\nexcept Exception: pass')
+  assert 'JPEG' in decoded.stderr
+
+
 def test_missing_tars_name_the_expected_files_before_any_work(tmp_path):
   data_dir, manual_dir = tmp_path / 'tfds', tmp_path / 'manual'
   manual_dir.mkdir()

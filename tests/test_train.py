@@ -339,6 +339,7 @@ def test_bytes_overwritten_in_a_checkpoint_fail_its_digests_and_an_older_one_is_
   assert np.isfinite(_losses(workdir)[step + 1])
 
 
+@pytest.mark.slow
 def test_a_checkpoint_holding_nan_is_skipped(uninterrupted, tmp_path):
   workdir = _copy_run(uninterrupted[0], tmp_path / 'run')
   mesh = meshes.mesh(1, 1)
@@ -353,6 +354,7 @@ def test_a_checkpoint_holding_nan_is_skipped(uninterrupted, tmp_path):
   assert step == good
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_state_layout_is_refused_and_nothing_moves(uninterrupted,
                                                                           tmp_path):
   workdir = _copy_run(uninterrupted[0], tmp_path / 'run')
@@ -373,6 +375,7 @@ def test_a_checkpoint_of_another_state_layout_is_refused_and_nothing_moves(unint
   assert sorted(os.listdir(f'{workdir}/checkpoints')) == before
 
 
+@pytest.mark.slow
 def test_a_workdir_whose_checkpoints_all_fail_never_restarts_from_step_0(demo, uninterrupted,
                                                                          tmp_path):
   workdir = _copy_run(uninterrupted[0], tmp_path / 'run')

@@ -50,10 +50,10 @@ _hide_accelerators_from_tf()
 
 
 def _decodes_in_pil(data: bytes) -> bool:
-  """Whether PIL decodes every scan of a JPEG (at 1/8 size: quick)."""
+  """Whether PIL decodes the whole image (a JPEG at 1/8 size: every scan, quickly)."""
   try:
     with Image.open(io.BytesIO(data)) as image:
-      image.draft(image.mode, (image.width // 8, image.height // 8))
+      image.draft(image.mode, (image.width // 8, image.height // 8))  # JPEG only
       image.load()
     return True
   except Exception:  # pylint: disable=broad-except
@@ -63,20 +63,17 @@ def _decodes_in_pil(data: bytes) -> bool:
 def sanitize_image(data: bytes) -> bytes | None:
   """Bytes the pipeline can decode-and-crop as JPEG, or None if no decoder can read them.
 
-  RGB and grayscale JPEGs pass unchanged (checked by decoding every scan at 1/8 size);
-  CMYK JPEGs and other formats (PNG, GIF, BMP) are re-encoded as RGB JPEGs.
+  RGB and grayscale JPEGs pass unchanged; CMYK JPEGs and other formats (PNG, GIF, BMP)
+  are re-encoded as RGB JPEGs. PIL decodes every image first: TensorFlow, handed a
+  broken file, logs an error line about it.
   """
-  try:
-    with Image.open(io.BytesIO(data)) as image:  # header only
-      fmt, mode = image.format, image.mode
-  except Exception:  # pylint: disable=broad-except
-    fmt, mode = None, None  # let TF decide
+  if not _decodes_in_pil(data):
+    return None
+  with Image.open(io.BytesIO(data)) as image:  # header only
+    fmt, mode = image.format, image.mode
   try:
     if fmt == 'JPEG' and mode in ('RGB', 'L'):
-      # PIL first: TF's decoder logs an error line for every broken file it meets.
-      if not _decodes_in_pil(data):
-        return None
-      tf.io.decode_jpeg(data, ratio=8)
+      tf.io.decode_jpeg(data, ratio=8)  # what training will do with it
       return data
     if fmt == 'JPEG':  # CMYK or YCCK: libjpeg converts to RGB
       pixels = tf.io.decode_jpeg(data, channels=3, dct_method=augment.DCT_METHOD)

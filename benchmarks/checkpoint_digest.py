@@ -1,0 +1,82 @@
+"""What a checkpoint's digests cost next to the save itself (alexnet_jax/integrity.py).
+
+Builds the train state of a configuration (the paper's net by default) on one device,
+then times, interleaved over --repeats rounds: the digests of the whole state (one jitted
+pass, compiled before timing), the blocking part of an orbax save (what the training loop
+waits for), and the whole save through to its commit on disk. Reports medians, the ratios,
+and CPU-seconds of this process for each.
+
+  python benchmarks/checkpoint_digest.py [--width=1.0 --image_size=227 --repeats=5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # alexnet_jax, when run as a script from anywhere
+
+import jax  # pylint: disable=g-import-not-at-top
+
+from alexnet_jax import checkpoints  # pylint: disable=g-import-not-at-top
+from alexnet_jax import integrity
+from alexnet_jax import model
+from alexnet_jax import optimizer
+from alexnet_jax import parallel
+from alexnet_jax import preprocess
+from alexnet_jax import train
+
+
+def _timed(fn) -> tuple[float, float]:
+  wall, cpu = time.perf_counter(), time.process_time()
+  fn()
+  return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--width', type=float, default=1.0)
+  parser.add_argument('--image_size', type=int, default=227)
+  parser.add_argument('--repeats', type=int, default=5)
+  args = parser.parse_args()
+  config = model.ModelConfig(width=args.width, image_size=args.image_size)
+  mesh = parallel.make_mesh(parallel.MeshShape(1, 1), jax.devices()[:1])
+  trainer = train.Trainer(config, optimizer.OptimizerConfig(), mesh, batch_size=128,
+                          total_steps=1, normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN),
+                          pca_std=0.0, seed=0)
+  state = jax.block_until_ready(trainer.init_state(jax.random.key(0)))
+  size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+  integrity.summarize(state)  # compiled before timing
+  with tempfile.TemporaryDirectory() as workdir:
+    store = checkpoints.Checkpoints(workdir, dataclasses.asdict(config), keep=1)
+    times = {'digests': [], 'save (blocking)': [], 'save (to commit)': []}
+    for step in range(args.repeats + 1):  # the first round warms orbax up
+      digest = _timed(lambda: integrity.summarize(state))
+      # Checkpoints.save computes the digests too: its blocking part minus them is orbax's.
+      blocking = _timed(lambda s=step: store.save(s, state))
+      total = _timed(store.wait)
+      if step:
+        times['digests'].append(digest)
+        times['save (blocking)'].append((blocking[0] - digest[0], blocking[1] - digest[1]))
+        times['save (to commit)'].append((blocking[0] - digest[0] + total[0],
+                                          blocking[1] - digest[1] + total[1]))
+    store.close()
+  print(f'{config.width=} {config.image_size=}: train state of {size / 2**20:,.0f} MiB, '
+        f'{args.repeats} rounds on {len(os.sched_getaffinity(0))} cores '
+        f'({jax.devices()[0].device_kind})')
+  digest_wall = statistics.median(w for w, _ in times['digests'])
+  for name, samples in times.items():
+    wall = statistics.median(w for w, _ in samples)
+    cpu = statistics.median(c for _, c in samples)
+    print(f'  {name:17s} median {wall * 1000:8.1f} ms wall, {cpu * 1000:8.1f} ms CPU '
+          f'(digests / this: {digest_wall / wall:.2f})')
+
+
+if __name__ == '__main__':
+  main()
