@@ -113,7 +113,7 @@ def test_a_broken_jpeg_is_rejected_without_tensorflow_logging_an_error(tmp_path)
     return subprocess.run([sys.executable, '-c', code, str(broken)], cwd=cli.ROOT,
                           env=cli.environment(TF_CPP_MIN_LOG_LEVEL='1'), capture_output=True,
                           text=True, timeout=120)
-  sanitized = run('import sys; from alexnet_jax import tfds_data; '
+  sanitized = run('import sys; from alexnet_jax.data import tfds_data; '
                   'print(tfds_data.sanitize_image(open(sys.argv[1], "rb").read()))')
   assert sanitized.stdout.strip() == 'None' and sanitized.stderr == ''
   # What the check spares: TF's own decoder logs an error line for such a file.
