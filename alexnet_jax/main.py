@@ -82,7 +82,7 @@ def _write_demo_data() -> None:
 
 
 def _class_names(data_config) -> list[str]:
-  from alexnet_jax import demo_data, input_pipeline, predict  # pylint: disable=import-outside-toplevel
+  from alexnet_jax import demo_data, input_pipeline  # pylint: disable=import-outside-toplevel
   labels = input_pipeline.dataset_info(data_config)[3]
   demo = ({c.synset: c.shape for c in demo_data.CLASSES} if flags_lib.DEMO_DATA.value else {})
   return predict.readable(labels, demo)
