@@ -23,16 +23,17 @@ STOPPED_AT_ONCE = 128 + signal.SIGINT
 class CtrlC:
   """Context manager; `requested` turns True at the first Ctrl-C.
 
-  Active only in the main thread of a process whose Ctrl-C would raise KeyboardInterrupt:
-  a run started in the background (SIGINT ignored) stays as it was.
+  Active only if enabled, in the main thread of a process whose Ctrl-C would raise
+  KeyboardInterrupt: a run started in the background (SIGINT ignored) stays as it was.
   """
 
-  def __init__(self):
+  def __init__(self, enabled: bool = True):
     self.requested = False
+    self._enabled = enabled
     self._pipe = None
 
   def __enter__(self):
-    if (threading.current_thread() is not threading.main_thread()
+    if (not self._enabled or threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
       return self
     self._pipe = os.pipe()

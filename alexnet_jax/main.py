@@ -72,7 +72,6 @@ def _write_demo_data(manual_dir: str) -> None:
 
 
 def _class_names(data_config: config.DataConfig) -> list[str]:
-  from alexnet_jax import predict  # pylint: disable=import-outside-toplevel
   from alexnet_jax.data import demo_data, input_pipeline  # pylint: disable=import-outside-toplevel
   labels = input_pipeline.dataset_info(data_config)[3]
   demo = {c.synset: c.shape for c in demo_data.CLASSES} if data_config.demo_data else {}

@@ -230,7 +230,8 @@ def train_and_evaluate(model_config: ModelConfig, data_config: DataConfig,
     profiler = _Profiler(f'{workdir}/profile', first + 5, train_config.profile_steps)
     cleanup.callback(profiler.stop)
     preemption = cleanup.enter_context(distributed.Preemption())
-    ctrl_c = cleanup.enter_context(interrupts.CtrlC())
+    # Processes must stop at one agreed step: SIGTERM does that (launch.sh turns Ctrl-C into it).
+    ctrl_c = cleanup.enter_context(interrupts.CtrlC(enabled=jax.process_count() == 1))
     cleanup.enter_context(jax.set_mesh(mesh))
     result, pending, losses = None, None, []
 
