@@ -89,16 +89,20 @@ def test_kill_9_resumes_from_the_newest_complete_checkpoint_exactly(demo, straig
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(demo, tmp_path):
+@pytest.mark.parametrize('signum, said', [(signal.SIGTERM, 'after SIGTERM; checkpoint saved'),
+                                          (signal.SIGINT, 'after Ctrl-C; checkpoint saved')],
+                         ids=['sigterm', 'ctrl_c'])
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_exits_cleanly(demo, tmp_path, signum, said):
   process = _start(_flags(demo, tmp_path, num_train_steps=1000, checkpoint_every_steps=1000,
                           eval_every_steps=1000))
   _wait_for_step(tmp_path, 3, process)
-  process.send_signal(signal.SIGTERM)
+  process.send_signal(signum)
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 0, stderr
   saved = _checkpoint_steps(tmp_path)
   assert len(saved) == 1 and saved[0] >= 3
-  assert 'after SIGTERM' in stderr
+  assert said in stderr
+  assert 'Traceback' not in stderr and 'KeyboardInterrupt' not in stderr
 
 
 @pytest.mark.slow
@@ -146,20 +150,6 @@ def test_eval_without_checkpoints_is_a_clear_error(demo, tmp_path):
   result = cli.run_main(*_flags(demo, tmp_path, mode='eval'))
   assert result.returncode != 0
   assert 'no checkpoints' in result.stderr and 'Traceback' not in result.stderr
-
-
-@pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(demo, tmp_path):
-  process = _start(_flags(demo, tmp_path, num_train_steps=1000, checkpoint_every_steps=1000,
-                          eval_every_steps=1000))
-  _wait_for_step(tmp_path, 3, process)
-  process.send_signal(signal.SIGINT)
-  _, stderr = process.communicate(timeout=120)
-  assert process.returncode == 0, stderr
-  saved = _checkpoint_steps(tmp_path)
-  assert len(saved) == 1 and saved[0] >= 3
-  assert 'after Ctrl-C; checkpoint saved' in stderr
-  assert 'Traceback' not in stderr and 'KeyboardInterrupt' not in stderr
 
 
 @pytest.mark.slow
