@@ -298,9 +298,6 @@ class RunConfig:
 
   def validate(self) -> None:
     _one_of('mode', self.mode, MODES)
-    if self.mode in DATA_MODES and not self.workdir:
-      raise UserError(f'--mode={self.mode} needs --workdir (where checkpoints and metrics '
-                      'live).')
     if self.mode == 'predict' and not self.image:
       raise UserError('--mode=predict needs --image=FILE[,FILE...].')
 
@@ -357,6 +354,10 @@ class Experiment:
 
   def validate(self) -> None:
     """Every config's own rules, then those across configs (no device needed)."""
+    results_table = self.run.mode == 'visualize' and self.visualize.results  # reads --runs
+    if self.run.mode in DATA_MODES and not self.run.workdir and not results_table:
+      raise UserError(f'--mode={self.run.mode} needs --workdir (where checkpoints and metrics '
+                      'live).')
     for part in dataclasses.fields(self):
       config = getattr(self, part.name)
       for field in dataclasses.fields(config):
