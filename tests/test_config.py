@@ -78,3 +78,9 @@ def test_the_mesh_is_checked_against_the_devices_and_the_batch():
     _experiment('--mesh=data:2,tower:2').mesh_shape(2)
   with pytest.raises(config_lib.UserError, match='batch_size=3 must be a positive multiple'):
     _experiment('--batch_size=3', '--mesh=data:2,tower:1').mesh_shape(2)
+
+
+def test_the_results_table_reads_its_runs_and_needs_no_workdir():
+  _experiment('--mode=visualize', '--results', '--runs=workdirs/quickstart').validate()
+  with pytest.raises(config_lib.UserError, match='--mode=visualize needs --workdir'):
+    _experiment('--mode=visualize').validate()
