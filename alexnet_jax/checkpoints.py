@@ -238,8 +238,10 @@ class Checkpoints:
           'train afresh in another --workdir.')
     if candidates:
       reasons = '; '.join(f'step {bad}: {reason}' for bad, reason in unreadable)
+      moved = (f'steps {self._torn} were torn and are set aside in WORKDIR/corrupt/, the '
+               'rest left in place' if self._torn else 'Nothing was moved')
       raise NoCheckpointError(
-          f'no checkpoint in {self.directory} could be read ({reasons}). Nothing was moved: '
+          f'no checkpoint in {self.directory} could be read ({reasons}). {moved}: '
           'move the directory away to start afresh, or use another --workdir.')
     return None
 
