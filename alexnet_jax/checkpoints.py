@@ -154,7 +154,7 @@ class Checkpoints:
     """
     if step in self.manager.all_steps():
       return
-    digests, _ = integrity.summarize(state)
+    digests = integrity.digests(state)
     self.wait()  # orbax would wait too, and raise the previous save's error as this one's
     self._saving = step
     try:

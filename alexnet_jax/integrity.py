@@ -75,11 +75,11 @@ def _all_finite(x: jax.Array) -> jax.Array:
 
 
 @functools.cache
-def _compiled(replicated):
+def _compiled(replicated, finite: bool):
   """One jitted pass over all leaves; results replicated so every process can read them."""
   def run(leaves):
-    return (jnp.stack([_leaf_digest(x) for x in leaves]),
-            jnp.stack([_all_finite(x) for x in leaves]))
+    digests = jnp.stack([_leaf_digest(x) for x in leaves])
+    return digests, jnp.stack([_all_finite(x) for x in leaves]) if finite else None
   return jax.jit(run, out_shardings=replicated)
 
 
@@ -90,13 +90,22 @@ def _replicated(leaves):
   return None
 
 
-def summarize(tree) -> tuple[dict[str, str], list[str]]:
-  """({path: digest as 8 hex digits}, [paths of float arrays holding NaN or inf])."""
+def _summary(tree, finite: bool):
   paths, leaves = zip(*[(path_name(p), leaf)
                         for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]])
-  digests, finite = jax.device_get(_compiled(_replicated(leaves))(list(leaves)))
+  digests, finite = jax.device_get(_compiled(_replicated(leaves), finite)(list(leaves)))
   return ({path: f'{int(digest):08x}' for path, digest in zip(paths, digests)},
-          [path for path, ok in zip(paths, finite) if not ok])
+          [] if finite is None else [path for path, ok in zip(paths, finite) if not ok])
+
+
+def digests(tree) -> dict[str, str]:
+  """{path: digest as 8 hex digits} of every array: what a save records."""
+  return _summary(tree, finite=False)[0]
+
+
+def summarize(tree) -> tuple[dict[str, str], list[str]]:
+  """(digests, [paths of float arrays holding NaN or inf]): what a restore checks."""
+  return _summary(tree, finite=True)
 
 
 def verify(tree, expected: dict[str, str] | None, finite: tuple[str, ...] = ('',)) -> str | None:
