@@ -190,17 +190,17 @@ def test_a_second_training_on_a_workdir_in_use_stops_at_once_and_a_dead_holder_i
 @pytest.mark.slow
 def test_a_failed_background_save_stops_the_run_with_one_line_and_deletes_nothing(
     demo, tmp_path):
-  # Saves every 2 steps, keeping 1: the save of step 4 would delete step 2 once written.
-  result = cli.run_main('enospc_from_step=4', *_flags(demo, tmp_path, keep_checkpoints=1,
-                                                       eval_every_steps=1000),
-                        module='tests.faulty_main')
+  # Saves every 25 steps, keeping 1: the save of step 50 would delete step 25 once written.
+  result = cli.run_main('enospc_from_step=50', *_flags(
+      demo, tmp_path, num_train_steps=100, checkpoint_every_steps=25, keep_checkpoints=1,
+      eval_every_steps=1000), module='tests.faulty_main')
   assert result.returncode == 1, result.stderr
   assert cli.problems(result.stderr) == [
-      f'alexnet_jax: error: checkpoint of step 4 not written: No space left on device in '
-      f'{tmp_path}/checkpoints; the newest good checkpoint is step 2.']
-  assert _checkpoint_steps(tmp_path) == [2]
-  # Stopped at the first step boundary after the failure was known: by the next save.
-  assert max(_losses(tmp_path)) <= 6
+      f'alexnet_jax: error: checkpoint of step 50 not written: No space left on device in '
+      f'{tmp_path}/checkpoints; the newest good checkpoint is step 25.']
+  assert _checkpoint_steps(tmp_path) == [25]
+  # Stopped at a step boundary soon after the failure, not at the next save (75).
+  assert 50 <= max(_losses(tmp_path)) < 75
 
 
 @pytest.mark.slow
