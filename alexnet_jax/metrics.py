@@ -105,7 +105,7 @@ class Progress:
     self._clock = clock
     self._started = clock()
     self._mark = None          # (time, steps done) where the current window starts
-    self._excluded = 0.0       # seconds of evaluation inside the window
+    self._excluded = 0.0       # seconds of evaluations and saves inside the window
     self._eval_seconds = 0.0   # the last evaluation's
 
   def step_done(self, step: int) -> None:

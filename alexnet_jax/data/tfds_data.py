@@ -164,12 +164,12 @@ def prepare(cfg: DataConfig) -> list[str]:
   check_sources(cfg)
   if is_prepared(tfds_builder(cfg)):
     return []
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()  # a log file would get the bars' escape codes
   if cfg.dataset != IMAGENET:
     tfds_builder(cfg).download_and_prepare()
     return []
   builder = _imagenet_builder_cls()(data_dir=cfg.data_dir, tars_dir=cfg.manual_dir)
-  if not sys.stderr.isatty():
-    tfds.disable_progress_bar()  # a log file would get the bars' escape codes
   start = time.time()
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=cfg.manual_dir))
