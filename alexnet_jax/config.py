@@ -162,6 +162,9 @@ class ProcessConfig:
 AUGMENTS = ('paper', 'inception', 'none')
 EVAL_CROPS = (1, 10)
 MEANS = ('channel', 'pixel')
+# jpeg, raw: the prepared store of R x R squares (data/square_store.py), cropped on the
+# device; none: the full-size images, decoded and cropped on the host (data/augment.py).
+STORES = ('jpeg', 'raw', 'none')
 
 
 def resize_size(image_size: int) -> int:
@@ -195,6 +198,8 @@ class DataConfig:
   pca_std: float = 0.1                  # std of the PCA colour noise; 0 turns it off
   standardize: bool = False             # also divide by the per-channel std (He init)
   shuffle_buffer: int = 10_000          # encoded examples (~110 kB each on ImageNet)
+  store: str = 'jpeg'                   # 'jpeg', 'raw' (the R x R store) or 'none' (full size)
+  store_quality: int = 90               # JPEG quality of the 'jpeg' store
   image_size: int = 227                 # side of the crop the model sees (the model's)
   seed: int = 0                         # the run's seed
 
@@ -216,6 +221,12 @@ class DataConfig:
       raise UserError(f'--shuffle_buffer must be positive, got {self.shuffle_buffer}.')
     if not 0 <= self.seed < 2**31:
       raise UserError(f'--seed must be in [0, 2**31), got {self.seed}.')
+    _one_of('store', self.store, STORES)
+    if self.store != 'none' and self.augment == 'inception':
+      raise UserError('--augment=inception crops random areas of the full-size images: it '
+                      'needs --store=none (the store holds only the central R x R squares).')
+    if not 1 <= self.store_quality <= 100:
+      raise UserError(f'--store_quality must be in 1..100, got {self.store_quality}.')
     if self.demo_data and not self.manual_dir:
       raise UserError('--demo_data writes the demo tars into --manual_dir: set --manual_dir.')
 

@@ -15,23 +15,25 @@ import jax
 import jax.numpy as jnp
 
 from alexnet_jax import parallel
-from alexnet_jax import preprocess
 from alexnet_jax.config import UserError
 
 
 def crop_log_probabilities(forward, params, images, normalizer) -> jax.Array:
-  """Log of the softmax averaged over crops: images uint8 (B, C, S, S, 3) -> (B, classes).
+  """Log of the softmax averaged over crops -> (B, classes).
 
-  Computed in log space (logsumexp over the crops' log-softmax), so a confidently wrong
-  prediction gets its true cross-entropy instead of underflowing to log(0).
+  images: uint8 squares (B, R, R, 3) that device_augment.SquareAugmenter crops here, or
+  crops (B, C, S, S, 3) from the host (preprocess.Normalizer). Computed in log space
+  (logsumexp over the crops' log-softmax), so a confidently wrong prediction gets its
+  true cross-entropy instead of underflowing to log(0).
   """
-  batch, crops = images.shape[:2]
-  flat = images.reshape((batch * crops,) + images.shape[2:])
-  log_probs = jax.nn.log_softmax(forward(params, normalizer(flat)).astype(jnp.float32))
+  inputs = normalizer.eval_inputs(images)
+  batch, crops = inputs.shape[:2]
+  flat = inputs.reshape((batch * crops,) + inputs.shape[2:])
+  log_probs = jax.nn.log_softmax(forward(params, flat).astype(jnp.float32))
   return jax.nn.logsumexp(log_probs.reshape(batch, crops, -1), axis=1) - jnp.log(crops)
 
 
-def make_eval_step(model_config, mesh, normalizer: preprocess.Normalizer) -> Callable:
+def make_eval_step(model_config, mesh, normalizer) -> Callable:
   """eval_step(params, batch) -> sums of correct top-1, top-5, loss and examples."""
   forward = parallel.sharded_forward(model_config, mesh)
 

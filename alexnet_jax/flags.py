@@ -26,7 +26,7 @@ CONFIGS = {
                            'heartbeat_timeout', 'initialization_timeout'),
     config.DataConfig: ('dataset', 'data_dir', 'manual_dir', 'demo_data', 'train_split',
                         'eval_split', 'augment', 'eval_crops', 'mean', 'pca_std',
-                        'standardize', 'shuffle_buffer'),
+                        'standardize', 'shuffle_buffer', 'store', 'store_quality'),
     config.OptimizerConfig: ('learning_rate', 'momentum', 'weight_decay', 'decay_biases',
                              'schedule', 'linear_scaling', 'warmup_steps', 'lr_step_every',
                              'plateau_patience', 'max_drops'),
@@ -80,6 +80,11 @@ HELP = {
     'standardize': 'Also divide the input by the per-channel std (the paper does not; He '
                    'init needs it).',
     'shuffle_buffer': 'Examples in the shuffle buffer.',
+    'store': 'jpeg or raw: the store of the central R x R squares (R: 256 for --image_size '
+             '224..256), prepared once from the dataset; the crops, flips, PCA noise and mean '
+             'happen on the device. none: the full-size images, decoded and cropped on the '
+             'host (needed by --augment=inception).',
+    'store_quality': 'JPEG quality of --store=jpeg.',
     'learning_rate': 'Base learning rate (paper: 0.01).',
     'momentum': 'Momentum (paper: 0.9).',
     'weight_decay': 'Weight decay (paper: 0.0005).',
@@ -123,7 +128,7 @@ HELP = {
 # Flags whose values are a fixed set (the rest take their type from the default).
 ENUMS = {'mode': config.MODES, 'dtype': config.DTYPES, 'init': config.INIT_SCHEMES,
          'distributed': config.DISTRIBUTED_MODES, 'augment': config.AUGMENTS,
-         'mean': config.MEANS, 'schedule': config.SCHEDULES}
+         'mean': config.MEANS, 'store': config.STORES, 'schedule': config.SCHEDULES}
 # Flags with no default of their own type (None) and the type they take.
 TYPES = {'workdir': str, 'checkpoint_step': int, 'mesh': str, 'cpu_devices': int,
          'coordinator_address': str, 'num_processes': int, 'process_id': int,

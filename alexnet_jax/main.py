@@ -111,7 +111,7 @@ def run(experiment: config.Experiment, mesh) -> None:
       writable.check_writable(workdir)
     from alexnet_jax.tools import benchmark  # pylint: disable=import-outside-toplevel
     benchmark.run(model_config, experiment.optimizer, experiment.train, mesh, workdir,
-                  experiment.benchmark)
+                  experiment.benchmark, squares=experiment.data.store != 'none')
     return
   if mode == 'visualize' and experiment.visualize.results:
     from alexnet_jax.tools import visualize  # pylint: disable=import-outside-toplevel
@@ -130,6 +130,8 @@ def run(experiment: config.Experiment, mesh) -> None:
       train.train_and_evaluate(model_config, data_config, experiment.optimizer,
                                experiment.train, mesh, workdir)
     return
+  if mode in ('eval', 'visualize') or (mode == 'predict' and data_config.mean == 'pixel'):
+    input_pipeline.check_store(data_config)  # one clear line, before anything compiles
   if mode == 'visualize':
     from alexnet_jax.tools import visualize  # pylint: disable=import-outside-toplevel
     figures_dir = experiment.visualize.figures_dir

@@ -62,7 +62,8 @@ def readable(labels: Sequence[str], overrides: dict[str, str] | None = None) -> 
 
 def top5(model_config, mesh, params, crops: np.ndarray,
          normalizer) -> tuple[np.ndarray, np.ndarray]:
-  """crops uint8 (N, C, S, S, 3) -> (probabilities, class indices), each (N, 5)."""
+  """crops uint8 (N, C, S, S, 3), or squares (N, R, R, 3) -> (probabilities, class indices),
+  each (N, 5)."""
   forward = parallel.sharded_forward(model_config, mesh)
   data = mesh.shape[parallel.DATA]
   count = crops.shape[0]

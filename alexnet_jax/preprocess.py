@@ -78,3 +78,7 @@ class Normalizer:
   def __call__(self, images: jax.Array, *, pca_std: float = 0.0,
                rng: jax.Array | None = None) -> jax.Array:
     return normalize(images, mean=self.mean, std=self.std, pca_std=pca_std, rng=rng)
+
+  def eval_inputs(self, images: jax.Array) -> jax.Array:
+    """uint8 eval crops (B, C, S, S, 3) from the host -> float32, same shape."""
+    return self(images)

@@ -101,11 +101,13 @@ def learning_rate(schedule, state: TrainState) -> jax.Array:
 
 
 def make_train_step(model_config: ModelConfig, opt_config: OptimizerConfig, mesh, *,
-                    batch_size: int, total_steps: int, normalizer: preprocess.Normalizer,
+                    batch_size: int, total_steps: int, normalizer,
                     pca_std: float, seed: int):
   """step(state, batch) -> (state, {'loss', 'learning_rate'}), jitted, the state donated.
 
-  The RNG of step N is fold_in(seed, N): PCA noise and dropout follow the step alone.
+  normalizer makes the model input from the uint8 batch (preprocess.Normalizer for host
+  crops, device_augment.SquareAugmenter for the store's squares). The RNG of step N is
+  fold_in(seed, N): crops, flips, PCA noise and dropout follow the step alone.
   """
   tx, _ = optimizer_of(model_config, opt_config, mesh)
   schedule = optimizer_lib.schedule(opt_config, batch_size, total_steps)

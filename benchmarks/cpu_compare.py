@@ -38,6 +38,7 @@ class Variant:
   kind: str = 'jax'                 # 'jax' or 'torch'
   xla_flags: str = ''               # added to XLA_FLAGS
   mesh: tuple[int, int] = (1, 1)    # (data, tower) over that many forced CPU devices
+  squares: bool = False             # R x R squares in, cropped and flipped in the step
 
 
 VARIANTS = {
@@ -45,6 +46,8 @@ VARIANTS = {
     'torch': Variant(kind='torch'),
     # Placement: the towers (or the batch halves) on two CPU devices, one per core.
     'jax_two_devices': Variant(mesh=(1, 2)),
+    # Input: the store's squares, the crops and flips inside the step (device_augment.py).
+    'jax_device_augment': Variant(squares=True),
     'jax_two_devices_data': Variant(mesh=(2, 1)),
     # XLA CPU flags.
     'jax_onednn': Variant(xla_flags='--xla_cpu_use_onednn=true'),
@@ -75,7 +78,7 @@ def _worker(name: str, args) -> None:
     jax.config.update('jax_num_cpu_devices', devices)
     mesh = parallel.make_mesh(config_lib.MeshShape(*variant.mesh), jax.devices()[:devices])
     bench = benchmark.StepTimer(_config(args), config_lib.OptimizerConfig(), mesh,
-                                args.batch_size)
+                                args.batch_size, squares=variant.squares)
     compile_seconds, version = bench.compile_seconds, f'jax {jax.__version__}'
   bench.time(args.warmup)
   print(f'ready {compile_seconds:.1f} {version}', flush=True)
@@ -106,23 +109,6 @@ def _start(name: str, argv: list[str]) -> subprocess.Popen:
   env['XLA_FLAGS'] = ' '.join(filter(None, [env.get('XLA_FLAGS', ''), variant.xla_flags]))
   return subprocess.Popen([sys.executable, os.path.abspath(__file__), f'--worker={name}', *argv],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
-
-
-def _busy_cpu_seconds() -> float:
-  """CPU-seconds every process on the machine has spent busy since boot (/proc/stat)."""
-  with open('/proc/stat') as f:
-    fields = [int(v) for v in f.readline().split()[1:]]
-  return (sum(fields) - fields[3] - fields[4]) / os.sysconf('SC_CLK_TCK')  # less idle, iowait
-
-
-def _wait_until_quiet(threshold: float, max_wait: float) -> None:
-  """Waits (at most max_wait s) until the CPUs are less busy than `threshold` for 1 s."""
-  deadline = time.monotonic() + max_wait
-  while time.monotonic() < deadline:
-    before = _busy_cpu_seconds()
-    time.sleep(1)
-    if (_busy_cpu_seconds() - before) / os.cpu_count() <= threshold:
-      return
 
 
 def _read(process: subprocess.Popen, name: str) -> str:
@@ -164,6 +150,7 @@ def main() -> None:
   unknown = sorted(set(names) - set(VARIANTS))
   if unknown:
     parser.error(f'unknown variants {unknown}; known: {sorted(VARIANTS)}')
+  from alexnet_jax.tools import benchmark  # pylint: disable=import-outside-toplevel
   load_before = os.getloadavg()
   workers, compile_seconds, versions = {}, {}, set()
   try:
@@ -176,8 +163,8 @@ def main() -> None:
     for round_ in range(args.rounds):
       for name in names[round_ % len(names):] + names[:round_ % len(names)]:
         if args.quiet:
-          _wait_until_quiet(args.quiet, args.max_wait)
-        busy = _busy_cpu_seconds()
+          benchmark.wait_until_quiet(args.quiet, args.max_wait)
+        busy = benchmark.busy_cpu_seconds()
         workers[name].stdin.write(f'time {args.steps}\n')
         workers[name].stdin.flush()
         wall, cpu = map(float, _read(workers[name], name).split())
@@ -185,7 +172,7 @@ def main() -> None:
         cpu_seconds[name].append(cpu)
         if wall >= 0.5:  # /proc/stat counts in 10 ms ticks
           # The share of the machine that other jobs used during this window.
-          others[name].append(max(0.0, (_busy_cpu_seconds() - busy - cpu) /
+          others[name].append(max(0.0, (benchmark.busy_cpu_seconds() - busy - cpu) /
                                   (wall * os.cpu_count())))
     profiles = {}
     for name in names if args.profile_steps else ():
@@ -207,7 +194,6 @@ def main() -> None:
   cpu_per_image = {name: statistics.median(cpu_seconds[name]) / (args.steps * args.batch_size)
                    for name in names}
   base = names[0]
-  from alexnet_jax.tools import benchmark  # pylint: disable=import-outside-toplevel
   host = benchmark.cpu_model()
   print(f"{host}, {os.cpu_count()} cores; {', '.join(sorted(versions))}")
   print(f'{args.image_size}x{args.image_size}, batch {args.batch_size}, width {args.width}, '

@@ -31,9 +31,12 @@ def _flags(demo, workdir, **overrides):
 
 
 def _start(args, stderr=subprocess.PIPE):
+  # Ctrl-C as in a terminal even where the tests run with SIGINT ignored (a background
+  # job), which the child would inherit and rightly respect.
   return subprocess.Popen([sys.executable, '-m', 'alexnet_jax.main', *args], cwd=cli.ROOT,
                           env=cli.environment(), stdout=subprocess.PIPE, stderr=stderr,
-                          text=True)
+                          text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_step(workdir, step, process, timeout=240):

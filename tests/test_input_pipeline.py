@@ -1,4 +1,8 @@
-"""The TFDS input pipeline: preparation, augmentation, exactly-once eval, determinism."""
+"""The TFDS input pipeline: preparation, augmentation, exactly-once eval, determinism.
+
+Tests of the stream (eval, determinism, resumption, processes) run on both inputs: the
+full-size images cropped on the host (store='none') and the stores of squares.
+"""
 
 import dataclasses
 import glob
@@ -25,6 +29,13 @@ from tests import stream
 from tests.conftest_data import IMAGE_SIZE, TRAIN_EXAMPLES
 
 R = config_lib.resize_size(IMAGE_SIZE)  # 27
+
+
+def _image_shape(cfg, crops=None):
+  """What one example's images are: (S, S, 3) crops (with crops: (C, S, S, 3)), or squares."""
+  if cfg.store != 'none':
+    return (R, R, 3)
+  return ((crops,) if crops else ()) + (IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def _encode(array, fmt='PNG', **kwargs):
@@ -280,11 +291,13 @@ def test_ten_crops_of_a_larger_image_come_from_its_resized_central_square():
 # Evaluation: every example exactly once.
 
 
-@pytest.mark.parametrize('split,batch,processes', [
-    ('train[90%:]', 3, 1), ('train[90%:]', 4, 2), ('train[90%:]', 7, 2), ('train', 16, 2),
+@pytest.mark.parametrize('split,batch,processes,store', [
+    ('train[90%:]', 3, 1, 'none'), ('train[90%:]', 4, 2, 'none'), ('train[90%:]', 7, 2, 'none'),
+    ('train', 16, 2, 'none'), ('train[90%:]', 4, 3, 'jpeg'), ('train', 16, 2, 'jpeg'),
+    ('train[90%:]', 7, 2, 'raw'),
 ])
-def test_every_eval_example_counted_once(demo, split, batch, processes):
-  cfg = demo.config(eval_split=split)
+def test_every_eval_example_counted_once(demo, split, batch, processes, store):
+  cfg = demo.config(eval_split=split, store=store)
   expected = _file_names(demo, split)
   seen, steps = [], []
   for index in range(processes):
@@ -292,7 +305,7 @@ def test_every_eval_example_counted_once(demo, split, batch, processes):
                                    keep_file_name=True).as_numpy_iterator())
     steps.append(len(batches))
     for b in batches:
-      assert b['images'].shape == (batch, 1, IMAGE_SIZE, IMAGE_SIZE, 3)
+      assert b['images'].shape == (batch,) + _image_shape(cfg, crops=1)
       assert b['images'].dtype == np.uint8 and b['labels'].dtype == np.int32
       seen += [n.decode() for n, m in zip(b['file_name'], b['mask']) if m]
       assert not b['file_name'][~b['mask']].any()  # padding is blank
@@ -300,13 +313,14 @@ def test_every_eval_example_counted_once(demo, split, batch, processes):
   assert len(set(steps)) == 1 and steps[0] == ip.eval_steps(cfg, batch, processes)
 
 
-def test_eval_batches_are_global_arrays_with_masks(demo):
+@pytest.mark.parametrize('store', ['none', 'jpeg'])
+def test_eval_batches_are_global_arrays_with_masks(demo, store):
   mesh = _mesh(4, 2)
-  cfg = demo.config(eval_crops=10)
+  cfg = demo.config(eval_crops=10, store=store)
   batches = list(ip.eval_batches(cfg, 8, mesh))
   assert len(batches) == 2  # 10 examples, batch 8: one padded batch, nothing dropped
   for b in batches:
-    assert b['images'].shape == (8, 10, IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert b['images'].shape == (8,) + _image_shape(cfg, crops=10)
     assert b['images'].sharding.spec == jax.P('data')
     assert b['mask'].dtype == np.bool_ and b['labels'].dtype == np.int32
   assert sum(int(b['mask'].sum()) for b in batches) == 10
@@ -319,32 +333,34 @@ def test_eval_batches_are_global_arrays_with_masks(demo):
 # Training stream: determinism, resumption, global arrays.
 
 
-def _take(ds, n):
-  return [b for _, b in zip(range(n), ds.as_numpy_iterator())]
+def _take(batches, n):
+  return [b for _, b in zip(range(n), batches)]
 
 
-def test_same_seed_same_batches_other_seed_other_batches(demo):
-  cfg = demo.config()
-  a, b = _take(ip.train_dataset(cfg, 16), 3), _take(ip.train_dataset(cfg, 16), 3)
-  c = _take(ip.train_dataset(dataclasses.replace(cfg, seed=1), 16), 3)
+@pytest.mark.parametrize('store', ['none', 'raw'])
+def test_same_seed_same_batches_other_seed_other_batches(demo, store):
+  cfg = demo.config(store=store)
+  a, b = _take(ip.host_batches(cfg, 16), 3), _take(ip.host_batches(cfg, 16), 3)
+  c = _take(ip.host_batches(dataclasses.replace(cfg, seed=1), 16), 3)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x['images'], y['images'])
     np.testing.assert_array_equal(x['labels'], y['labels'])
   assert not np.array_equal(a[0]['images'], c[0]['images'])
 
 
-def test_resuming_at_step_n_matches_the_uninterrupted_run(demo):
+@pytest.mark.parametrize('store', ['none', 'jpeg', 'raw'])
+def test_resuming_at_step_n_matches_the_uninterrupted_run(demo, store):
   # 90 examples, batch 16: epochs end inside steps 5 and 11, so resuming at 4, 5 and 7
   # covers mid-epoch, a step that spans two epochs, and the second epoch.
-  cfg = demo.config()
-  whole = _take(ip.train_dataset(cfg, 16), 12)
+  cfg = demo.config(store=store)
+  whole = _take(ip.host_batches(cfg, 16), 12)
   labels = np.concatenate([b['labels'] for b in whole])  # 192 = two epochs and a bit
   for epoch in range(2):  # each epoch is a permutation of the split
     per_epoch = labels[epoch * 90:(epoch + 1) * 90]
     assert sorted(per_epoch) == sorted(labels[:90])
   assert not np.array_equal(labels[:90], labels[90:180])  # reshuffled
   for start in (4, 5, 7):
-    resumed = _take(ip.train_dataset(cfg, 16, start_step=start), 12 - start)
+    resumed = _take(ip.host_batches(cfg, 16, start_step=start), 12 - start)
     for step, batch in enumerate(resumed, start):
       np.testing.assert_array_equal(batch['images'], whole[step]['images'], err_msg=f'{step}')
       np.testing.assert_array_equal(batch['labels'], whole[step]['labels'])
@@ -356,17 +372,18 @@ def test_step_n_holds_stream_positions_n_times_batch_of_the_file_order(demo):
   # spans two epochs.
   cfg = demo.config(**stream.KNOWN_ORDER)
   for start in (0, 5):
-    for step, batch in enumerate(_take(ip.train_dataset(cfg, 16, start_step=start), 2), start):
+    for step, batch in enumerate(_take(ip.host_batches(cfg, 16, start_step=start), 2), start):
       images, labels = stream.train_batch(cfg, step, 16)
       np.testing.assert_array_equal(batch['labels'], labels, err_msg=f'step {step}')
       np.testing.assert_array_equal(batch['images'], images, err_msg=f'step {step}')
 
 
-def test_processes_read_disjoint_parts(demo):
-  cfg = demo.config()
+@pytest.mark.parametrize('store', ['none', 'jpeg', 'raw'])
+def test_processes_read_disjoint_parts(demo, store):
+  cfg = demo.config(store=store)
   epochs = []
   for index in range(2):
-    batches = _take(ip.train_dataset(cfg, 5, process_index=index, process_count=2), 9)
+    batches = _take(ip.host_batches(cfg, 5, process_index=index, process_count=2), 9)
     epochs.append(np.concatenate([b['images'] for b in batches]))  # 45 = one epoch each
   # The two processes' images are different examples (no shared crops of one image).
   flat = [e.reshape(45, -1).astype(np.float32) for e in epochs]
@@ -396,6 +413,18 @@ def test_train_batches_are_sharded_uint8_global_arrays(demo):
     experiment.mesh_shape(mesh.size)
 
 
+@pytest.mark.parametrize('store', ['jpeg', 'raw'])
+def test_train_batches_of_the_store_are_its_squares_as_sharded_global_arrays(demo, store):
+  mesh = _mesh(4, 2)
+  cfg = demo.config(store=store)
+  first = next(ip.train_batches(cfg, 16, mesh, start_step=2))
+  assert first['images'].shape == (16, R, R, 3) and first['images'].dtype == np.uint8
+  assert first['images'].sharding == jax.NamedSharding(mesh, jax.P('data'))
+  expected = _take(ip.host_batches(cfg, 16, start_step=2), 1)[0]
+  np.testing.assert_array_equal(np.asarray(first['images']), expected['images'])
+  np.testing.assert_array_equal(np.asarray(first['labels']), expected['labels'])
+
+
 def test_prefetch_keeps_order_and_items():
   assert list(ip.prefetch(iter(range(5)), 2)) == [0, 1, 2, 3, 4]
   assert list(ip.prefetch(iter([]), 2)) == []
@@ -407,7 +436,7 @@ def test_prefetch_keeps_order_and_items():
 
 def test_mean_for_channel_and_pixel(demo, tmp_path):
   np.testing.assert_array_equal(ip.mean_for(demo.config()), preprocess.CHANNEL_MEAN)
-  cfg = demo.config(mean='pixel')
+  cfg = demo.config(mean='pixel', store='none')
   mean = ip.mean_for(cfg, workdir=str(tmp_path))
   assert mean.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and mean.dtype == np.float32
   stored = np.load(ip.mean_image_path(cfg, str(tmp_path)))
@@ -432,11 +461,15 @@ def test_load_images_for_predict(tmp_path):
   png_named_jpeg.write_bytes(_encode(square))
   jpeg = tmp_path / 'b.jpeg'
   jpeg.write_bytes(_encode(square, 'JPEG', quality=100, subsampling=0))
-  cfg = config_lib.DataConfig(image_size=IMAGE_SIZE, eval_crops=10)
+  cfg = config_lib.DataConfig(image_size=IMAGE_SIZE, eval_crops=10, store='none')
   crops = ip.load_images_for_predict([str(png_named_jpeg), str(jpeg)], cfg)
   assert crops.shape == (2, 10, IMAGE_SIZE, IMAGE_SIZE, 3) and crops.dtype == np.uint8
   np.testing.assert_array_equal(crops[0, 0], square[:IMAGE_SIZE, :IMAGE_SIZE])
   assert np.abs(crops[1].astype(int) - crops[0]).mean() < 1.5  # JPEG at quality 100
+  # With the store, the squares, which the device crops as in evaluation.
+  squares = ip.load_images_for_predict([str(png_named_jpeg)],
+                                       dataclasses.replace(cfg, store='jpeg'))
+  np.testing.assert_array_equal(squares, square[None])
   text = tmp_path / 'notes.jpg'
   text.write_text('not an image')
   with pytest.raises(config_lib.UserError, match='notes.jpg'):

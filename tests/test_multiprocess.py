@@ -34,7 +34,7 @@ TINY = dict(mode='train', image_size=67, width=0.125, init='he', num_classes=100
             batch_size=16, learning_rate=0.001, schedule='constant', train_split='train[:16]',
             eval_split='train[90%:]', shuffle_buffer=32, augment='none', pca_std=0,
             dropout_rate=0, eval_every_steps=2, checkpoint_every_steps=1000,
-            log_every_steps=1)
+            log_every_steps=1, store='none')  # the host's crops: what the reference reads
 TWO_BY_TWO = ('--cpu_devices=2', '--mesh=data:2,tower:2')
 
 

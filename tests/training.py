@@ -21,7 +21,8 @@ def data(demo, **overrides):
   return demo.config(image_size=MODEL.image_size, **{**stream.KNOWN_ORDER, **overrides})
 
 
-def run(demo, workdir, shape=(1, 1), model=MODEL, opt=OPTIMIZER, **loop):
-  """Trains on the demo data in workdir; returns the last evaluation."""
-  return train.train_and_evaluate(model, data(demo), opt, dataclasses.replace(LOOP, **loop),
-                                  meshes.mesh(*shape), str(workdir))
+def run(demo, workdir, shape=(1, 1), model=MODEL, opt=OPTIMIZER, data_config=None, **loop):
+  """Trains on the demo data (or data_config) in workdir; returns the last evaluation."""
+  return train.train_and_evaluate(model, data_config or data(demo), opt,
+                                  dataclasses.replace(LOOP, **loop), meshes.mesh(*shape),
+                                  str(workdir))

@@ -20,12 +20,18 @@ With `oddities=True` it adds the file types real ImageNet has, each as an extra
 training image: a CMYK JPEG, a grayscale JPEG, a PNG named .JPEG, a 100x60 image and
 one corrupt file that no decoder can read.
 
+With `photos=True` every image is instead a crop of a real photograph (matplotlib's
+sample photo of Grace Hopper, random window, flip and colour cast) at ImageNet's usual
+500x375 or 375x500: what input-pipeline benchmarks decode. Not learnable (one photo for
+all classes).
+
   python -m alexnet_jax.data.demo_data --manual_dir=/tmp/demo_manual [--images_per_class=150]
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -150,6 +156,30 @@ def draw_image(rng: np.random.Generator, label: int, width: int, height: int) ->
   return image
 
 
+@functools.cache
+def _photo() -> Image.Image:
+  import matplotlib.cbook  # pylint: disable=import-outside-toplevel
+  with Image.open(matplotlib.cbook.get_sample_data('grace_hopper.jpg')) as photo:
+    return photo.convert('RGB')  # 512 x 600
+
+
+def photo_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+  """A width x height RGB crop of a real photograph: random window, flip and colour cast."""
+  photo = _photo()
+  # The largest window of the output's aspect, scaled by 85..100% (at most ~1.2x
+  # upscaling: as much detail as the photo has).
+  side_w, side_h = photo.size
+  window_w = min(side_w, side_h * width / height) * rng.uniform(0.85, 1.0)
+  window_h = window_w * height / width
+  x0, y0 = rng.uniform(0, side_w - window_w), rng.uniform(0, side_h - window_h)
+  image = photo.resize((width, height), Image.BILINEAR,
+                       box=(x0, y0, x0 + window_w, y0 + window_h))
+  if rng.random() < 0.5:
+    image = image.transpose(Image.FLIP_LEFT_RIGHT)
+  cast = np.asarray(image, np.float32) * rng.uniform(0.75, 1.25, 3) + rng.uniform(-20, 20, 3)
+  return Image.fromarray(np.clip(cast, 0, 255).astype(np.uint8))
+
+
 def _encode(image: Image.Image, fmt: str = 'JPEG') -> bytes:
   buffer = io.BytesIO()
   if fmt == 'JPEG':
@@ -180,7 +210,7 @@ class DemoSummary:
 
 def write_demo_imagenet(manual_dir: str, images_per_class: int = 100, seed: int = 0,
                         oddities: bool = True, image_size: tuple[int, int] = (300, 480),
-                        val_images: int = 16) -> DemoSummary:
+                        val_images: int = 16, photos: bool = False) -> DemoSummary:
   """Writes ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into manual_dir.
 
   Args:
@@ -193,6 +223,8 @@ def write_demo_imagenet(manual_dir: str, images_per_class: int = 100, seed: int 
     image_size: (min, max) of each side in pixels; ImageNet's are mostly 300..500.
     val_images: images in the validation tar (the builder needs one; its labels are
       the builder's, by position, not these images' classes).
+    photos: crops of a real photograph at 500x375 or 375x500 instead of drawn shapes
+      (image_size is then unused): for benchmarks.
   """
   rng = np.random.default_rng(seed)
   os.makedirs(manual_dir, exist_ok=True)
@@ -201,6 +233,8 @@ def write_demo_imagenet(manual_dir: str, images_per_class: int = 100, seed: int 
   labels = {}
 
   def random_image(label):
+    if photos:
+      return photo_image(rng, *((500, 375) if rng.random() < 0.75 else (375, 500)))
     width, height = (int(v) for v in rng.integers(low, high + 1, size=2))
     return draw_image(rng, label, width, height)
 

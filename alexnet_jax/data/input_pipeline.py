@@ -1,13 +1,20 @@
 """TFDS data for AlexNet: per-process datasets and global batches on the mesh.
 
-The host decodes and augments (augment.py) and hands uint8 to the accelerator, where
-`alexnet_jax.preprocess` adds the PCA colour noise and subtracts the mean (float32,
-0..255 scale). Datasets come prepared by tfds_data.py.
+Two inputs (DataConfig.store):
+  'jpeg', 'raw': the prepared store of R x R squares (square_store.py). The host only
+      reads records (and decodes the JPEG squares); the crop, flip, PCA colour noise and
+      mean subtraction happen in the jitted step (alexnet_jax/device_augment.py).
+  'none': the full-size images. The host decodes and crops (augment.py); the device adds
+      the PCA colour noise and subtracts the mean (alexnet_jax/preprocess.py).
+Either way the accelerator gets uint8 and makes float32 on the 0..255 scale. Datasets
+come prepared by tfds_data.py (the source) and square_store.py (the store).
 
 Batch layout (what train/eval code receives, global jax.Arrays split over 'data'):
-  train: {'images': uint8 (B, S, S, 3), 'labels': int32 (B,)}
-  eval:  {'images': uint8 (B, C, S, S, 3) with C = eval_crops (1 or 10),
-          'labels': int32 (B,), 'mask': bool (B,)}; padded examples have mask False.
+  train: {'images': uint8 (B, R, R, 3) squares, or (B, S, S, 3) host crops,
+          'labels': int32 (B,)}
+  eval:  {'images': uint8 (B, R, R, 3) squares, or (B, C, S, S, 3) host crops with
+          C = eval_crops (1 or 10), 'labels': int32 (B,), 'mask': bool (B,)};
+          padded examples have mask False.
   Every eval example appears exactly once with mask True, whatever the batch size and
   the number of processes.
 
@@ -17,12 +24,14 @@ epoch; epoch e's file order and shuffle are seeded by (seed, e), and every rando
 of an example is a stateless op seeded by (seed, the example's position in the stream).
 So the same seed gives the same batches, and a resumed stream (`start_step=N`, or
 `start_position`: the examples already read) replays only the records (not the decoding)
-of the epoch it resumes in.
+of the epoch it resumes in. The raw store's reader (raw_reader.py) permutes the part per
+epoch, seeded by (seed, e), and replays nothing.
 """
 
 from __future__ import annotations
 
 import collections
+import gc
 import math
 import os
 import re
@@ -35,18 +44,57 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax import device_augment
 from alexnet_jax import parallel
 from alexnet_jax import preprocess
 from alexnet_jax.config import DataConfig, UserError
 from alexnet_jax.data import augment
 from alexnet_jax.data import demo_data
+from alexnet_jax.data import raw_reader
+from alexnet_jax.data import square_store
 from alexnet_jax.data import tfds_data
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Re-exported for callers that only import the pipeline.
-check_sources = tfds_data.check_sources
-prepare = tfds_data.prepare
-dataset_info = tfds_data.dataset_info
+
+
+def _store_ready(cfg: DataConfig) -> bool:
+  return cfg.store != 'none' and square_store.is_prepared(cfg)
+
+
+def check_sources(cfg: DataConfig) -> None:
+  """MissingDataError, before any long work, if the input can be neither read nor made."""
+  if not _store_ready(cfg):  # a prepared store needs no source
+    tfds_data.check_sources(cfg)
+
+
+def prepare(cfg: DataConfig) -> list[str]:
+  """Prepares the source dataset and the store (unless store='none'), if not there yet.
+
+  Returns the source files the source builder skipped.
+  """
+  skipped = [] if _store_ready(cfg) else tfds_data.prepare(cfg)
+  if cfg.store != 'none':
+    square_store.prepare(cfg)
+  return skipped
+
+
+def check_store(cfg: DataConfig) -> None:
+  """MissingStoreError (one line naming the command that prepares it) unless it is there."""
+  if cfg.store != 'none':
+    square_store.open_store(cfg)
+
+
+def _builder(cfg: DataConfig):
+  """What the run reads: the store of squares, or the full-size source dataset."""
+  return tfds_data.prepared_builder(cfg) if cfg.store == 'none' else square_store.open_store(cfg)
+
+
+def dataset_info(cfg: DataConfig) -> tuple[int, int, int, list[str]]:
+  """(num_classes, num_train_examples, num_eval_examples, class_names) of the splits.
+
+  From the store if it is prepared, else from the source (the same classes and splits).
+  """
+  return tfds_data.dataset_info(cfg, square_store.open_store(cfg) if _store_ready(cfg) else None)
 
 
 # ----------------------------------------------------------------------------------
@@ -118,12 +166,13 @@ def train_dataset(cfg: DataConfig, local_batch_size: int, *, start_step: int = 0
                   process_count: int | None = None) -> tf.data.Dataset:
   """This process's endless training batches from `start_step` on (numpy-ready).
 
-  Yields {'images': uint8 (b, S, S, 3), 'labels': int32 (b,)} with b = local_batch_size.
+  Yields {'images': uint8 (b, R, R, 3) squares of the store, or (b, S, S, 3) host crops,
+  'labels': int32 (b,)} with b = local_batch_size.
   Batches run across epoch boundaries; step N holds stream positions N*b .. N*b+b-1.
   start_position (examples of this stream already read) wins over start_step.
   """
   cfg.validate()
-  builder = tfds_data.prepared_builder(cfg)
+  builder = _builder(cfg)
   index, count = _process(process_index, process_count)
   split = _process_split(cfg.train_split, index, count)
   num_examples = builder.info.splits[split].num_examples
@@ -143,6 +192,9 @@ def train_dataset(cfg: DataConfig, local_batch_size: int, *, start_step: int = 0
 
   def example(position, serialized):
     parsed = parse(serialized)
+    if cfg.store != 'none':  # crops, flips and colour noise happen on the device
+      return {'images': square_store.decode_square(parsed['image'], cfg),
+              'labels': parsed['label']}
     # Unique per example of every process's stream, so skipping is exact.
     seed = tf.stack([tf.cast(cfg.seed, tf.int64), position * count + index])
     return {'images': augment.train_image(parsed['image'], seed, cfg, is_jpeg),
@@ -154,9 +206,35 @@ def train_dataset(cfg: DataConfig, local_batch_size: int, *, start_step: int = 0
   return ds.with_options(_options()).prefetch(AUTOTUNE)
 
 
+def host_batches(cfg: DataConfig, local_batch_size: int, *, start_step: int = 0,
+                 start_position: int | None = None, process_index: int | None = None,
+                 process_count: int | None = None) -> Iterator[dict]:
+  """This process's endless training batches (train_dataset's), as numpy.
+
+  The raw store is read straight into the batches (raw_reader.py: its stream is a
+  permutation of this process's part per epoch); the others come from train_dataset.
+  """
+  if cfg.store != 'raw':
+    return train_dataset(cfg, local_batch_size, start_step=start_step,
+                         start_position=start_position, process_index=process_index,
+                         process_count=process_count).as_numpy_iterator()
+  cfg.validate()
+  builder = _builder(cfg)
+  index, count = _process(process_index, process_count)
+  split = _process_split(cfg.train_split, index, count)
+  rows = square_store.raw_index(cfg)
+  shards = [(i.filename, rows[os.path.basename(i.filename)][i.skip:i.skip + i.take])
+            for i in builder.info.splits[split].file_instructions]
+  if not sum(len(r) for _, r in shards):
+    raise UserError(f'{cfg.train_split} has no examples for process {index} of {count}.')
+  position = start_step * local_batch_size if start_position is None else start_position
+  return raw_reader.train_batches(shards, cfg.resize_size, local_batch_size, seed=cfg.seed,
+                                  start_position=position)
+
+
 def eval_steps(cfg: DataConfig, local_batch_size: int, process_count: int | None = None) -> int:
   """Batches every process runs: enough for the largest part of the split."""
-  builder = tfds_data.prepared_builder(cfg)
+  builder = _builder(cfg)
   _, count = _process(None, process_count)
   parts = [_process_split(cfg.eval_split, i, count) for i in range(count)]
   largest = max(builder.info.splits[p].num_examples for p in parts)
@@ -168,11 +246,12 @@ def eval_dataset(cfg: DataConfig, local_batch_size: int, *, process_index: int |
                  keep_file_name: bool = False) -> tf.data.Dataset:
   """This process's evaluation batches, padded so that all processes run eval_steps.
 
-  Yields {'images': uint8 (b, C, S, S, 3), 'labels': int32 (b,), 'mask': bool (b,)}
-  (and 'file_name' when asked). Real examples have mask True and appear once.
+  Yields {'images': uint8 (b, R, R, 3) squares of the store, or (b, C, S, S, 3) host
+  crops, 'labels': int32 (b,), 'mask': bool (b,)} (and 'file_name' when asked). Real
+  examples have mask True and appear once.
   """
   cfg.validate()
-  builder = tfds_data.prepared_builder(cfg)
+  builder = _builder(cfg)
   index, count = _process(process_index, process_count)
   split = _process_split(cfg.eval_split, index, count)
   num_examples = builder.info.splits[split].num_examples
@@ -181,8 +260,9 @@ def eval_dataset(cfg: DataConfig, local_batch_size: int, *, process_index: int |
 
   def example(serialized):
     parsed = parse(serialized)
-    out = {'images': augment.eval_images(parsed['image'], cfg, is_jpeg),
-           'labels': parsed['label'], 'mask': tf.constant(True)}
+    images = (augment.eval_images(parsed['image'], cfg, is_jpeg) if cfg.store == 'none'
+              else square_store.decode_square(parsed['image'], cfg))
+    out = {'images': images, 'labels': parsed['label'], 'mask': tf.constant(True)}
     if keep_file_name:
       out['file_name'] = parsed['file_name']
     return out
@@ -244,20 +324,20 @@ def prefetch(iterator: Iterable, size: int = 2) -> Iterator:
 
 def train_batches(cfg: DataConfig, global_batch_size: int, mesh, start_step: int = 0,
                   start_examples: int | None = None) -> Iterator[dict]:
-  """Endless {'images': uint8 (B, S, S, 3), 'labels': int32 (B,)} global arrays.
+  """Endless {'images': uint8 (B, R, R, 3) or (B, S, S, 3), 'labels': int32 (B,)} arrays.
 
   The batch of step N is the same whether the run started at 0 or resumed at N.
   start_examples (examples the run has seen, over all readers) wins over start_step.
   """
   local, index, count = _reader_batch(global_batch_size, mesh)
   position = None if start_examples is None else start_examples // count  # each reads a part
-  ds = train_dataset(cfg, local, start_step=start_step, start_position=position,
-                     process_index=index, process_count=count)
-  return prefetch(_to_global(ds.as_numpy_iterator(), mesh, count))
+  batches = host_batches(cfg, local, start_step=start_step, start_position=position,
+                         process_index=index, process_count=count)
+  return prefetch(_to_global(batches, mesh, count))
 
 
 def eval_batches(cfg: DataConfig, global_batch_size: int, mesh) -> Iterator[dict]:
-  """{'images': uint8 (B, C, S, S, 3), 'labels': int32 (B,), 'mask': bool (B,)}.
+  """{'images': uint8 (B, R, R, 3) or (B, C, S, S, 3), 'labels', 'mask': bool (B,)}.
 
   eval_steps(cfg, B // readers, readers) batches, the same on every process (readers:
   data_readers(mesh)[1]); count an example only where mask is True.
@@ -280,15 +360,22 @@ def mean_image_path(cfg: DataConfig, workdir: str | None = None) -> str:
   return os.path.join(workdir or tfds_data.tfds_builder(cfg).data_dir, name)
 
 
+def _square(data, cfg: DataConfig, is_jpeg: bool) -> tf.Tensor:
+  """uint8 (R, R, 3): a stored square, or the central square of a full-size image."""
+  if cfg.store != 'none':
+    return square_store.decode_square(data, cfg)
+  return augment.to_uint8(augment.central_square(data, cfg.resize_size, is_jpeg))
+
+
 def compute_mean_image(cfg: DataConfig, max_examples: int | None = None,
                        batch_size: int = 256) -> np.ndarray:
   """Mean over the training split of the R x R squares (the paper's 256 x 256 images)."""
-  builder = tfds_data.prepared_builder(cfg)
+  builder = _builder(cfg)
   is_jpeg, parse = tfds_data.is_jpeg(builder), _parser(builder)
   ds = _records(builder, cfg.train_split)
   if max_examples:
     ds = ds.take(max_examples)
-  ds = ds.map(lambda r: augment.to_uint8(augment.central_square(parse(r)['image'], cfg.resize_size, is_jpeg)),
+  ds = ds.map(lambda r: _square(parse(r)['image'], cfg, is_jpeg),
               num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
   total, count = np.zeros((cfg.resize_size, cfg.resize_size, 3), np.float64), 0
   for batch in ds.as_numpy_iterator():
@@ -298,14 +385,19 @@ def compute_mean_image(cfg: DataConfig, max_examples: int | None = None,
 
 
 def mean_for(cfg: DataConfig, workdir: str | None = None) -> np.ndarray:
-  """The mean the train step subtracts: (3,) for 'channel', (S, S, 3) for 'pixel'.
+  """The mean the steps subtract: (3,) for 'channel'; for 'pixel', the mean image.
 
-  The pixel mean is the central S x S of the mean R x R image (as cuda-convnet2 did);
-  it is computed once from the training split and kept as .npy in workdir (or, without
-  one, next to the prepared data).
+  With the store, the pixel mean is the R x R mean image, subtracted from the square
+  before the crop as the paper did; the store holds it for each whole split. Otherwise
+  (and for a part of a split, e.g. 'train[:90%]') it is computed once from the
+  training split and kept as .npy in workdir (or, without one, next to the prepared
+  data); for full-size crops, its central S x S is subtracted (as cuda-convnet2 did).
   """
   if cfg.mean == 'channel':
     return preprocess.CHANNEL_MEAN
+  stored = square_store.stored_mean(cfg) if cfg.store != 'none' else None
+  if stored is not None:
+    return stored
   path = mean_image_path(cfg, workdir)
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path, 'rb') as f:
@@ -318,18 +410,26 @@ def mean_for(cfg: DataConfig, workdir: str | None = None) -> np.ndarray:
     with tf.io.gfile.GFile(temporary, 'wb') as f:
       np.save(f, mean)
     tf.io.gfile.rename(temporary, path, overwrite=True)
-  start = (mean.shape[0] - cfg.image_size) // 2
-  return mean[start:start + cfg.image_size, start:start + cfg.image_size]
+  return mean if cfg.store != 'none' else device_augment.centre_crop(mean, cfg.image_size)
 
 
-def normalizer_for(cfg: DataConfig, workdir: str | None = None) -> preprocess.Normalizer:
-  """What the train and eval steps do to the uint8 batches on the device."""
-  return preprocess.Normalizer(mean_for(cfg, workdir),
-                               preprocess.CHANNEL_STD if cfg.standardize else None)
+def normalizer_for(cfg: DataConfig, workdir: str | None = None):
+  """What the train and eval steps do to the uint8 batches on the device.
+
+  A device_augment.SquareAugmenter for the store's squares, else a preprocess.Normalizer.
+  """
+  std = preprocess.CHANNEL_STD if cfg.standardize else None
+  if cfg.store != 'none':
+    return device_augment.SquareAugmenter(mean_for(cfg, workdir), std, cfg.image_size,
+                                          cfg.augment, cfg.eval_crops)
+  return preprocess.Normalizer(mean_for(cfg, workdir), std)
 
 
 def load_images_for_predict(paths: Sequence[str], cfg: DataConfig) -> np.ndarray:
   """uint8 (N, C, S, S, 3): the eval crops (cfg.eval_crops) of each image file.
+
+  With the store: (N, R, R, 3), the central squares, which normalizer_for(cfg) crops on
+  the device as in evaluation.
 
   Reads JPEG, PNG, GIF or BMP whatever the file name says. Raises UserError naming the
   file that is missing or not an image.
@@ -343,7 +443,10 @@ def load_images_for_predict(paths: Sequence[str], cfg: DataConfig) -> np.ndarray
     try:
       # JPEGs take the evaluation's own decoder; anything else is decoded whole.
       is_jpeg = data[:3] == b'\xff\xd8\xff'
-      out.append(augment.eval_images(tf.constant(data), cfg, is_jpeg).numpy())
+      image = tf.constant(data)
+      out.append((augment.eval_images(image, cfg, is_jpeg) if cfg.store == 'none' else
+                  augment.to_uint8(augment.central_square(image, cfg.resize_size, is_jpeg))
+                  ).numpy())
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
       raise UserError(f'{path} is not an image TensorFlow can decode '
                        f'(JPEG, PNG, GIF or BMP): {e.message.splitlines()[0]}') from None
@@ -354,29 +457,46 @@ def load_images_for_predict(paths: Sequence[str], cfg: DataConfig) -> np.ndarray
 # Throughput benchmark.
 
 
-def benchmark(cfg: DataConfig, batch_size: int = 256, seconds: float = 10.0, repeats: int = 3,
-              mesh=None) -> list[tuple[float, float]]:
-  """Training-pipeline throughput, per repeat: (images/s, images per CPU-second).
+def _window(cfg: DataConfig, batch_size: int, seconds: float, mesh,
+            start_step: int) -> tuple[float, float, float]:
+  """(images/s, images per CPU-second of this process, share of the CPUs other processes
+  used) of one timed window."""
+  from alexnet_jax.tools import benchmark as step_benchmark  # pylint: disable=import-outside-toplevel
+  if mesh is None:
+    batches = host_batches(cfg, batch_size, start_step=start_step)
+  else:
+    batches = train_batches(cfg, batch_size, mesh, start_step=start_step)
+  for _ in range(3):  # warm up: fill the shuffle buffer and the prefetch queues
+    jax.block_until_ready(next(batches))
+  busy_start = step_benchmark.busy_cpu_seconds()
+  start, cpu_start, images = time.perf_counter(), time.process_time(), 0
+  while time.perf_counter() - start < seconds:
+    jax.block_until_ready(next(batches))
+    images += batch_size
+  wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+  others = (step_benchmark.busy_cpu_seconds() - busy_start - cpu) / (wall * os.cpu_count())
+  return images / wall, images / cpu, max(0.0, others)
 
-  Host uint8 batches from tf.data, made global jax.Arrays on `mesh` if given. The CPU
-  figure counts every thread of this process: a per-core rate that holds even when
-  other work shares the machine.
+
+def benchmark(cfgs: Sequence[DataConfig], batch_size: int = 256, seconds: float = 10.0,
+              repeats: int = 3, mesh=None,
+              quiet: float = 0.0) -> list[list[tuple[float, float, float]]]:
+  """Training-pipeline throughput of each config, per repeat: _window's figures.
+
+  Host uint8 batches (host_batches), made global jax.Arrays on `mesh` if given. The
+  configs' windows are interleaved, in an order rotated every repeat, so that other
+  jobs' load falls on all alike; with `quiet`, each waits (up to 2 min) until the CPUs
+  are less busy than that. The CPU figure counts every thread of this process: a
+  per-core rate that holds even when other work shares the machine.
   """
-  results = []
+  from alexnet_jax.tools import benchmark as step_benchmark  # pylint: disable=import-outside-toplevel
+  results = [[] for _ in cfgs]
   for repeat in range(repeats):
-    if mesh is None:
-      batches = train_dataset(cfg, batch_size, start_step=repeat * 1000).as_numpy_iterator()
-    else:
-      batches = train_batches(cfg, batch_size, mesh, start_step=repeat * 1000)
-    for _ in range(3):  # warm up: fill the shuffle buffer and the prefetch queues
-      jax.block_until_ready(next(batches))
-    start, cpu_start, images = time.perf_counter(), time.process_time(), 0
-    while time.perf_counter() - start < seconds:
-      jax.block_until_ready(next(batches))
-      images += batch_size
-    results.append((images / (time.perf_counter() - start),
-                    images / (time.process_time() - cpu_start)))
-    del batches
+    for i in [(repeat + k) % len(cfgs) for k in range(len(cfgs))]:
+      if quiet:
+        step_benchmark.wait_until_quiet(quiet, max_wait=120)
+      results[i].append(_window(cfgs[i], batch_size, seconds, mesh, start_step=repeat * 1000))
+      gc.collect()  # the window's pipeline and its threads are gone before the next starts
   return results
 
 
@@ -385,8 +505,12 @@ def main(argv=None) -> None:
   import tempfile  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(description='Input pipeline throughput (training).')
   parser.add_argument('--benchmark', action='store_true', required=True)
+  parser.add_argument('--store', default='none',
+                      help='comma-separated, measured side by side: none (full-size images '
+                           'cropped on the host), jpeg, raw (the prepared store of squares)')
+  parser.add_argument('--store_quality', type=int, default=90)
   parser.add_argument('--dataset', default=tfds_data.IMAGENET)
-  parser.add_argument('--data_dir', help='a prepared TFDS dir; default: write demo data')
+  parser.add_argument('--data_dir', help='a prepared TFDS dir; default: write photo data')
   parser.add_argument('--manual_dir')
   parser.add_argument('--train_split', default='train')
   parser.add_argument('--image_size', type=int, default=227)
@@ -395,29 +519,38 @@ def main(argv=None) -> None:
   parser.add_argument('--seconds', type=float, default=10.0)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--images_per_class', type=int, default=250,
-                      help='demo data only: 8 classes of ~300..480 px JPEGs')
+                      help='written data only: 8 classes of ImageNet-like JPEGs (500x375 '
+                           'crops of a real photo, quality 90)')
   parser.add_argument('--to_device', action='store_true',
                       help='also build global jax.Arrays on a one-device mesh')
+  parser.add_argument('--quiet', type=float, default=0.0,
+                      help='before each window, wait (up to 2 min) until the CPUs are less '
+                           'busy than this fraction (0.1: idle); 0: never')
   args = parser.parse_args(argv)
   data_dir, manual_dir = args.data_dir, args.manual_dir
   if data_dir is None:
     root = tempfile.mkdtemp(prefix='alexnet_bench_')
     data_dir, manual_dir = os.path.join(root, 'tfds'), os.path.join(root, 'manual')
-    demo_data.write_demo_imagenet(manual_dir, args.images_per_class, oddities=False)
-  cfg = DataConfig(dataset=args.dataset, data_dir=data_dir, manual_dir=manual_dir,
-                   train_split=args.train_split, image_size=args.image_size,
-                   augment=args.augment, shuffle_buffer=1000)
-  prepare(cfg)
+    demo_data.write_demo_imagenet(manual_dir, args.images_per_class, oddities=False, photos=True)
+  cfgs = [DataConfig(dataset=args.dataset, data_dir=data_dir, manual_dir=manual_dir,
+                     train_split=args.train_split, image_size=args.image_size,
+                     augment=args.augment, shuffle_buffer=1000, store=store,
+                     store_quality=args.store_quality) for store in args.store.split(',')]
+  for cfg in cfgs:
+    cfg.validate()
+    prepare(cfg)
+    if cfg.store != 'none':
+      print(f'Store: {square_store.summary(square_store.read_facts(cfg))}.')
   mesh = jax.make_mesh((1, 1), ('data', 'tower'), devices=jax.devices()[:1]) if args.to_device else None
-  results = benchmark(cfg, args.batch_size, args.seconds, args.repeats, mesh)
   cores = len(os.sched_getaffinity(0))
-  wall = float(np.median([r[0] for r in results]))
-  per_cpu = float(np.median([r[1] for r in results]))
-  print(f'augment={cfg.augment} image_size={cfg.image_size} resize={cfg.resize_size} '
-        f'batch={args.batch_size} to_device={args.to_device}: runs '
-        f'{", ".join(f"{r[0]:.0f}" for r in results)} images/s; median {wall:.0f} images/s '
-        f'on {cores} cores ({wall / cores:.0f} per core); {per_cpu:.0f} images per '
-        f'CPU-second of this process.')
+  for cfg, results in zip(cfgs, benchmark(cfgs, args.batch_size, args.seconds, args.repeats,
+                                          mesh, args.quiet)):
+    wall, per_cpu, others = (float(np.median(column)) for column in zip(*results))
+    print(f'store={cfg.store} augment={cfg.augment} image_size={cfg.image_size} '
+          f'resize={cfg.resize_size} batch={args.batch_size} to_device={args.to_device}: runs '
+          f'{", ".join(f"{r[0]:.0f}" for r in results)} images/s; median {wall:.0f} images/s '
+          f'on {cores} cores ({wall / cores:.0f} per core), other processes using '
+          f'{others:.0%} of the CPUs; {per_cpu:.0f} images per CPU-second of this process.')
 
 
 if __name__ == '__main__':

@@ -2,10 +2,13 @@
 
 The full training step (PCA noise, mean subtraction, sharded forward and backward, the
 paper's SGD) runs on uint8 batches made once on the devices, so the input pipeline is
-never the bottleneck. The step is compiled ahead of time (compile time and XLA's memory
-estimate are reported apart from the timing), run for warm-up steps, then for `repeats`
-timed windows of `steps` steps each, dispatched back to back with no host sync until
-the window's end; the median and spread of images/s over the windows are reported.
+never the bottleneck. With `squares` (the default --store=jpeg|raw) the batches are the
+store's R x R squares and the step also takes the random crops and flips
+(device_augment.py); with --store=none they are the host's S x S crops. The step is
+compiled ahead of time (compile time and XLA's memory estimate are reported apart from
+the timing), run for warm-up steps, then for `repeats` timed windows of `steps` steps
+each, dispatched back to back with no host sync until the window's end; the median and
+spread of images/s over the windows are reported.
 With --profile_steps=N, N more steps run under the JAX profiler afterwards (never inside
 a timed window) and the device time of the compiled step is broken down by XLA op (on
 the CPU, with the process's CPU time beside it: see StepTimer.profile).
@@ -34,6 +37,8 @@ import time
 from absl import logging
 import jax
 
+from alexnet_jax import config
+from alexnet_jax import device_augment
 from alexnet_jax import preprocess
 from alexnet_jax import synthetic_data
 from alexnet_jax import train
@@ -70,6 +75,7 @@ class BenchmarkResult:
                                     # of the mesh (None on the CPU)
   compiled_memory_bytes: int        # XLA's peak estimate for one device's program
   batch_size: int
+  input: str                        # what the step gets: the host's crops or the squares
   mesh: dict
   model: dict
   dtype: str
@@ -99,13 +105,21 @@ def peak_flops(device_kind: str, dtype: str, override_tflops: float | None) -> f
 class StepTimer:
   """The compiled training step on synthetic batches already on the devices."""
 
-  def __init__(self, model_config, opt_config, mesh, batch_size: int, *, seed: int = 0):
+  def __init__(self, model_config, opt_config, mesh, batch_size: int, *, seed: int = 0,
+               squares: bool = False):
     self.mesh = mesh
+    size = model_config.image_size
+    if squares:  # the store's R x R squares: the step crops and flips them too
+      normalizer = device_augment.SquareAugmenter(preprocess.CHANNEL_MEAN, None, size)
+      size = config.resize_size(size)
+    else:
+      normalizer = preprocess.Normalizer(preprocess.CHANNEL_MEAN)
+    self.input = (f'uint8 {size}x{size} squares, cropped and flipped in the step' if squares
+                  else f'uint8 {size}x{size} crops')
     step = train.make_train_step(model_config, opt_config, mesh, batch_size=batch_size,
-                                 total_steps=1_000_000,
-                                 normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN),
-                                 pca_std=0.1, seed=seed)
-    self._batches = synthetic_data.synthetic_batches(batch_size, model_config.image_size,
+                                 total_steps=1_000_000, normalizer=normalizer, pca_std=0.1,
+                                 seed=seed)
+    self._batches = synthetic_data.synthetic_batches(batch_size, size,
                                                      model_config.num_classes, mesh, seed=seed)
     with jax.set_mesh(mesh):
       self._state = train.init_state(model_config, opt_config, mesh, jax.random.key(seed))
@@ -295,6 +309,23 @@ def cpu_model() -> str:
   return platform.processor()
 
 
+def busy_cpu_seconds() -> float:
+  """CPU-seconds every process on the machine has spent busy since boot (/proc/stat)."""
+  with open('/proc/stat') as f:
+    fields = [int(v) for v in f.readline().split()[1:]]
+  return (sum(fields) - fields[3] - fields[4]) / os.sysconf('SC_CLK_TCK')  # less idle, iowait
+
+
+def wait_until_quiet(threshold: float, max_wait: float) -> None:
+  """Waits (at most max_wait s) until the CPUs are less busy than `threshold` for 1 s."""
+  deadline = time.monotonic() + max_wait
+  while time.monotonic() < deadline:
+    before = busy_cpu_seconds()
+    time.sleep(1)
+    if (busy_cpu_seconds() - before) / os.cpu_count() <= threshold:
+      return
+
+
 def _host(load_before: float) -> dict:
   return {'cpu': cpu_model(), 'cores': os.cpu_count(),
           'load_average_before': round(load_before, 2),
@@ -315,11 +346,11 @@ def _versions() -> dict:
 
 def measure(model_config, opt_config, mesh, batch_size: int, *, warmup: int = WARMUP_STEPS,
             steps: int = 10, repeats: int = 5, peak_tflops: float | None = None,
-            seed: int = 0, profile_steps: int = 0,
-            profile_dir: str | None = None) -> BenchmarkResult:
+            seed: int = 0, profile_steps: int = 0, profile_dir: str | None = None,
+            squares: bool = False) -> BenchmarkResult:
   """Times the training step; see the module docstring."""
   load_before = os.getloadavg()[0]
-  timer = StepTimer(model_config, opt_config, mesh, batch_size, seed=seed)
+  timer = StepTimer(model_config, opt_config, mesh, batch_size, seed=seed, squares=squares)
   timer.time(warmup)
   windows = [timer.time(steps) for _ in range(repeats)]
   profile = timer.profile(profile_steps, profile_dir) if profile_steps else None
@@ -338,7 +369,8 @@ def measure(model_config, opt_config, mesh, batch_size: int, *, warmup: int = WA
       mfu=(rate * flops / (peak * mesh.size) if peak else None),
       peak_memory_bytes=(device.memory_stats() or {}).get('peak_bytes_in_use'),
       compiled_memory_bytes=memory.peak_memory_in_bytes, batch_size=batch_size,
-      mesh=dict(mesh.shape), model=dataclasses.asdict(model_config), dtype=model_config.dtype,
+      input=timer.input, mesh=dict(mesh.shape), model=dataclasses.asdict(model_config),
+      dtype=model_config.dtype,
       device=device.device_kind, platform=device.platform, devices=mesh.size,
       processes=jax.process_count(), host=_host(load_before), versions=_versions(),
       profile=profile)
@@ -352,7 +384,7 @@ def report(result: BenchmarkResult) -> str:
   host = result.host
   lines = [
       f'device: {result.devices} x {result.device} ({result.platform}), mesh {result.mesh}, '
-      f'{result.dtype}, global batch {result.batch_size}',
+      f'{result.dtype}, global batch {result.batch_size} of {result.input}',
       f"host: {host['cpu']}, {host['cores']} cores, load average {host['load_average_before']} "
       f"before, {host['load_average_after']} after",
       f'images/s: {result.images_per_second:,.1f} (median of '
@@ -371,13 +403,13 @@ def report(result: BenchmarkResult) -> str:
 
 
 def run(model_config, opt_config, train_config, mesh, workdir: str | None,
-        options: BenchmarkConfig) -> BenchmarkResult:
+        options: BenchmarkConfig, squares: bool = False) -> BenchmarkResult:
   """--mode=benchmark: measure, print, and write WORKDIR/benchmark.json (if a workdir)."""
   result = measure(model_config, opt_config, mesh, train_config.batch_size,
                    steps=options.benchmark_steps, repeats=options.benchmark_repeats,
                    peak_tflops=options.peak_tflops, seed=train_config.seed,
                    profile_steps=train_config.profile_steps,
-                   profile_dir=workdir and os.path.join(workdir, 'profile'))
+                   profile_dir=workdir and os.path.join(workdir, 'profile'), squares=squares)
   if jax.process_index() == 0:
     print(report(result))
     if workdir:

@@ -38,6 +38,7 @@ from typing import Iterator, Sequence
 import jax
 import numpy as np
 
+from alexnet_jax import device_augment
 from alexnet_jax import flags as flags_lib
 from alexnet_jax import parallel
 from alexnet_jax.config import UserError
@@ -75,9 +76,12 @@ def kernel_figure(params, path: str) -> list[dict]:
 
 
 def _embedder(model_config, mesh, normalizer):
-  """jit(uint8 images (B, S, S, 3) -> fc7 of both towers (B, 4096 * width))."""
+  """jit(uint8 eval images -> fc7 of both towers (B, 4096 * width)) of the centre crops.
+
+  The images are what the 1-crop eval pipeline gives: squares, or (B, 1, S, S, 3) crops.
+  """
   forward = parallel.sharded_forward(model_config, mesh, features='fc7')
-  return jax.jit(lambda params, images: forward(params, normalizer(images))[1])
+  return jax.jit(lambda params, images: forward(params, normalizer.eval_inputs(images)[:, 0])[1])
 
 
 def _fc7_batches(embed, params, mesh, data_config, batch_size: int,
@@ -93,9 +97,10 @@ def _fc7_batches(embed, params, mesh, data_config, batch_size: int,
   seen = 0
   batches = input_pipeline.eval_dataset(cfg, batch_size, keep_file_name=True)
   for batch in batches.as_numpy_iterator():
-    images = batch['images'][:, 0]
     with jax.set_mesh(mesh):
-      fc7 = np.asarray(jax.device_get(embed(params, jax.device_put(images, sharding))))
+      fc7 = np.asarray(jax.device_get(embed(params, jax.device_put(batch['images'], sharding))))
+    images = (batch['images'][:, 0] if cfg.store == 'none'
+              else device_augment.centre_crop(batch['images'], cfg.image_size))
     keep = np.flatnonzero(batch['mask'])[:limit - seen]     # real examples, up to the limit
     seen += len(keep)
     yield fc7[keep], {'images': images[keep], 'labels': batch['labels'][keep],
@@ -192,7 +197,9 @@ def run(model_config, data_config, mesh, workdir: str, *, batch_size: int,
     raise UserError('visualize runs on one host: start it as a single process.')
   out_dir = out_dir or os.path.join(workdir, 'figures')
   step, params = train.restore_params(model_config, mesh, workdir, step)
-  normalizer = input_pipeline.normalizer_for(data_config, workdir)
+  # Centre crops: the neighbours are searched among un-augmented training images.
+  normalizer = input_pipeline.normalizer_for(dataclasses.replace(data_config, eval_crops=1),
+                                             workdir)
   summary = {'workdir': workdir, 'step': step,
              'chance_color_fraction': CHANCE_COLOR_FRACTION,
              'towers': kernel_figure(params, os.path.join(out_dir, 'conv1_kernels.png'))}

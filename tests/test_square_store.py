@@ -1,0 +1,251 @@
+"""The store of R x R squares: what it holds, its mean images, its errors, and the device's
+crops of its squares against the host's."""
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from alexnet_jax import config as config_lib
+from alexnet_jax import device_augment
+from alexnet_jax.data import augment
+from alexnet_jax.data import input_pipeline as ip
+from alexnet_jax.data import square_store
+from tests import cli
+from tests.conftest_data import IMAGE_SIZE
+
+S = IMAGE_SIZE
+R = config_lib.resize_size(S)  # 27
+
+
+def _examples(builder, split):
+  """{file_name: (encoded image bytes, label)} of a split, read back from disk."""
+  ds = builder.as_dataset(split, decoders={'image': tfds.decode.SkipDecoding()})
+  return {x['file_name'].decode(): (x['image'], int(x['label'])) for x in ds.as_numpy_iterator()}
+
+
+def _host_square(data):
+  """The central R x R square of a full-size image, as the host's full-size path makes it."""
+  return augment.to_uint8(augment.central_square(tf.constant(data), R)).numpy()
+
+
+def _stored_square(data, store):
+  if store == 'raw':
+    return np.frombuffer(data, np.uint8).reshape(R, R, 3)
+  return tf.io.decode_jpeg(data, channels=3, dct_method=augment.DCT_METHOD).numpy()
+
+
+def _window(square, offset, flip):
+  y, x = offset
+  window = square[y:y + S, x:x + S]
+  return window[:, ::-1] if flip else window
+
+
+@pytest.fixture(scope='module')
+def source(demo):
+  return tfds.builder('imagenet2012', data_dir=demo.data_dir)
+
+
+def _copy_source(demo, root) -> str:
+  """A data dir holding only the prepared source dataset (no store yet)."""
+  data_dir = os.path.join(root, 'tfds')
+  shutil.copytree(os.path.join(demo.data_dir, 'imagenet2012'),
+                  os.path.join(data_dir, 'imagenet2012'))
+  return data_dir
+
+
+# ----------------------------------------------------------------------------------
+# What the store holds.
+
+
+@pytest.mark.parametrize('store', ['raw', 'jpeg'])
+def test_the_store_holds_the_central_squares_with_labels_and_file_names(demo, source, store):
+  builder = square_store.open_store(demo.config(store=store))
+  assert sorted(builder.info.splits) == sorted(source.info.splits)
+  assert builder.info.features['label'].names == source.info.features['label'].names
+  for split in source.info.splits:
+    stored, full = _examples(builder, split), _examples(source, split)
+    assert sorted(stored) == sorted(full)  # every example, with its file name
+    for name, (data, label) in stored.items():
+      assert label == full[name][1]
+      square, expected = _stored_square(data, store), _host_square(full[name][0])
+      assert square.shape == (R, R, 3)
+      if store == 'raw':
+        np.testing.assert_array_equal(square, expected)  # exactly the host's square
+      else:  # the host's square as a quality-90 JPEG
+        assert data == tf.io.encode_jpeg(expected, quality=90, optimize_size=True).numpy()
+  # The source's order: a slice of a split holds the same examples in both.
+  assert sorted(_examples(builder, 'train[90%:]')) == sorted(_examples(source, 'train[90%:]'))
+  odd = demo.summary.oddities  # CMYK, grayscale, PNG and tiny images went through
+  assert {odd[k] for k in ('cmyk', 'gray', 'png', 'small')} <= set(_examples(builder, 'train'))
+  gray = _stored_square(_examples(builder, 'train')[odd['gray']][0], store).astype(int)
+  assert np.abs(gray[..., 0] - gray[..., 2]).max() <= (0 if store == 'raw' else 2)
+
+
+def test_the_store_has_the_mean_image_of_each_split(demo, source):
+  cfg = demo.config(store='raw', mean='pixel', train_split='train')
+  squares = [_host_square(data) for data, _ in _examples(source, 'train').values()]
+  mean = ip.mean_for(cfg)
+  assert mean.shape == (R, R, 3) and mean.dtype == np.float32  # R x R: cropped on the device
+  np.testing.assert_allclose(mean, np.mean(squares, axis=0), atol=1e-3)
+  facts = square_store.read_facts(cfg)
+  assert facts['images'] == sum(s.num_examples for s in source.info.splits.values())
+  assert (facts['source'], facts['resize_size'], facts['encoding']) == ('imagenet2012', R, 'raw')
+  assert facts['bytes'] > facts['images'] * R * R * 3 and facts['cpu_seconds'] > 0
+  # A part of a split: computed from the store's squares, once, into the workdir.
+  part_cfg = dataclasses.replace(cfg, train_split='train[:90%]')
+  part = ip.mean_for(part_cfg, workdir=str(demo.data_dir))
+  head = [_stored_square(data, 'raw') for data, _ in
+          _examples(square_store.open_store(cfg), 'train[:90%]').values()]
+  np.testing.assert_allclose(part, np.mean(head, axis=0), atol=1e-3)
+  assert os.path.exists(ip.mean_image_path(part_cfg, str(demo.data_dir)))
+
+
+def test_the_raw_reader_reads_every_stored_square_with_its_label_once_an_epoch(demo):
+  cfg = demo.config(store='raw', train_split='train')
+  label_of = {data: label for data, label in
+              _examples(square_store.open_store(cfg), 'train').values()}
+  batches = [b for _, b in zip(range(8), ip.host_batches(cfg, 25))]  # 200: two epochs
+  for epoch in (batches[:4], batches[4:]):
+    seen = [(image.tobytes(), label) for b in epoch for image, label in zip(b['images'], b['labels'])]
+    assert sorted(seen) == sorted(label_of.items())  # each square once, with its label
+  assert [b['images'][0].tobytes() for b in batches[:4]] != [b['images'][0].tobytes()
+                                                             for b in batches[4:]]
+  # 64-byte aligned: JAX takes it on the CPU without a copy.
+  assert all(b['images'].ctypes.data % 64 == 0 for b in batches)
+
+
+# ----------------------------------------------------------------------------------
+# The device's crops of the stored squares against the host's.
+
+
+@pytest.mark.parametrize('store', ['raw', 'jpeg'])
+def test_device_crops_of_stored_squares_equal_the_host_crops_of_the_same_windows(
+    demo, source, store):
+  cfg = demo.config(store=store, eval_split='train')
+  batch = next(ip.eval_dataset(cfg, 32, keep_file_name=True).as_numpy_iterator())
+  names = [n.decode() for n in batch['file_name']]
+  # The host's squares: for raw, the full-size path's own; for JPEG, the stored JPEG decoded.
+  full, stored = _examples(source, 'train'), _examples(square_store.open_store(cfg), 'train')
+  host = np.stack([_host_square(full[n][0]) if store == 'raw'
+                   else _stored_square(stored[n][0], 'jpeg') for n in names])
+  np.testing.assert_array_equal(batch['images'], host)  # what the reader hands over
+  rng = jax.random.key(4)
+  augmenter = device_augment.SquareAugmenter(np.zeros(3, np.float32), None, S)
+  views = np.asarray(jax.jit(lambda squares: augmenter(squares, rng=rng))(batch['images']))
+  offsets, flips = jax.device_get(device_augment.random_windows(
+      device_augment.example_keys(rng, 32), R, S))
+  for square, view, offset, flip in zip(host, views, offsets, flips):
+    np.testing.assert_array_equal(view, _window(square, offset, flip))
+
+
+def test_device_ten_crops_equal_the_host_ten_crops_in_the_papers_order(demo):
+  cfg = demo.config(store='raw', eval_crops=10, eval_split='train')
+  squares = next(ip.eval_dataset(cfg, 8, keep_file_name=True).as_numpy_iterator())
+  # The full-size path's host crops of the same images (augment.eval_images).
+  full = next(ip.eval_dataset(dataclasses.replace(cfg, store='none'), 100,
+                              keep_file_name=True).as_numpy_iterator())
+  host = dict(zip(full['file_name'], full['images']))
+  augmenter = device_augment.SquareAugmenter(np.zeros(3, np.float32), None, S, eval_crops=10)
+  device = np.asarray(jax.jit(augmenter.eval_inputs)(squares['images']))
+  assert device.shape == (8, 10, S, S, 3)
+  for name, crops, square in zip(squares['file_name'], device, squares['images']):
+    np.testing.assert_array_equal(crops, host[name])
+    np.testing.assert_array_equal(crops, augment.eval_crops(tf.constant(square), S, 10))
+
+
+# ----------------------------------------------------------------------------------
+# A store that is not the run's: one line naming the command that prepares it.
+
+
+@pytest.fixture(scope='module')
+def own_store(demo, tmp_path_factory):
+  """A data dir with the source and one store (jpeg, 27 px) prepared from it."""
+  data_dir = _copy_source(demo, str(tmp_path_factory.mktemp('own_store')))
+  cfg = config_lib.DataConfig(data_dir=data_dir, image_size=S, store='jpeg')
+  return cfg
+
+
+def _refused(cfg) -> str:
+  with pytest.raises(square_store.MissingStoreError) as error:
+    ip.host_batches(cfg, 4)
+  message = str(error.value)
+  assert '\n' not in message and square_store.prepare_command(cfg) in message
+  return message
+
+
+def test_a_store_that_is_not_the_runs_names_the_command_that_prepares_it(own_store):
+  cfg = own_store
+  assert 'is not prepared' in _refused(cfg)  # missing
+  assert square_store.prepare(cfg)['images'] == 104
+  next(ip.host_batches(cfg, 4))
+  # Another R, encoding or quality: their own stores, not this one.
+  for other in (dataclasses.replace(cfg, image_size=30), dataclasses.replace(cfg, store='raw'),
+                dataclasses.replace(cfg, store_quality=75)):
+    assert 'stores prepared there: imagenet2012_27px_jpeg_q90' in _refused(other)
+  # Made from another source dataset: this store's files found under another's name.
+  other_source = dataclasses.replace(cfg, dataset='imagenette')
+  shutil.copytree(square_store.store_dir(cfg), square_store.store_dir(other_source))
+  assert "made with {'source': 'imagenet2012'}" in _refused(other_source)
+  # Half-written: what a killed preparation leaves (TFDS's temporary folder) is no store...
+  raw = dataclasses.replace(cfg, store='raw')
+  shutil.copytree(square_store.store_dir(cfg), os.path.join(
+      os.path.dirname(square_store.store_dir(raw)), 'incomplete.KILLED_1.0.0'))
+  assert 'an unfinished preparation was found there' in _refused(raw)
+  # ... nor is a store's folder without TFDS's dataset_info.json.
+  copied = dataclasses.replace(cfg, store_quality=80)
+  shutil.copytree(square_store.store_dir(cfg), square_store.store_dir(copied))
+  os.remove(os.path.join(square_store.store_dir(copied), 'dataset_info.json'))
+  assert 'is not prepared' in _refused(copied)
+
+
+def test_preparing_twice_changes_nothing(own_store):
+  cfg = own_store
+  square_store.prepare(cfg)  # prepared by the test above, or now
+
+  def snapshot():
+    found = {}
+    for folder, _, files in os.walk(os.path.dirname(os.path.dirname(square_store.store_dir(cfg)))):
+      for name in files:
+        path = os.path.join(folder, name)
+        with open(path, 'rb') as f:
+          found[path] = (os.stat(path).st_mtime_ns, f.read())
+    return found
+
+  before = snapshot()
+  assert square_store.prepare(cfg) is None
+  assert snapshot() == before
+
+
+def test_eval_without_the_store_is_one_line_before_compiling_and_its_command_prepares_it(
+    demo, tmp_path, capsys):
+  data_dir = _copy_source(demo, str(tmp_path))
+  flags = ['--mode=eval', f'--workdir={tmp_path}/run', f'--data_dir={data_dir}',
+           '--train_split=train[:90%]', '--eval_split=train[90%:]', '--image_size=67',
+           '--width=0.0625', '--num_classes=1000', '--store=raw']
+  result = cli.run_main(*flags)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('alexnet_jax: error: the raw store of imagenet2012 at 77x77 '
+                         '(for --image_size=67) is not prepared'), last
+  # Checked before the checkpoint is restored (which compiles): the empty workdir's
+  # missing checkpoint is not what it reports.
+  assert 'checkpoint' not in result.stderr.lower()
+  command = re.search(r'Prepare it with: (python -m alexnet_jax\.data\.square_store [^(]*) \(', last)[1]
+  env = dict(os.environ, PYTHONPATH=cli.ROOT, TF_CPP_MIN_LOG_LEVEL='2')
+  prepared = subprocess.run([sys.executable, *command.split()[1:]], cwd=cli.ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+  assert prepared.returncode == 0, prepared.stderr
+  assert 'bytes per image' in prepared.stdout and 'ms of CPU per image' in prepared.stdout
+  assert square_store.open_store(config_lib.DataConfig(data_dir=data_dir, image_size=67,
+                                                        store='raw'))
+  square_store.main(command.split()[3:])  # the same command again finds it
+  assert capsys.readouterr().out.startswith('Already prepared:')
