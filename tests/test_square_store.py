@@ -109,9 +109,11 @@ def test_the_store_has_the_mean_image_of_each_split(demo, source):
   assert os.path.exists(ip.mean_image_path(part_cfg, str(demo.data_dir)))
 
 
-def test_the_raw_reader_reads_every_stored_square_with_its_label_once_an_epoch(demo):
-  cfg = demo.config(store='raw', train_split='train')
-  label_of = {data: label for data, label in
+@pytest.mark.parametrize('store', ['raw', 'jpeg'])
+def test_the_reader_reads_every_stored_square_with_its_label_once_an_epoch(demo, store):
+  cfg = demo.config(store=store, train_split='train')
+  # For JPEG, the squares TF's decoder makes of the stored JPEGs: the reader's are the same.
+  label_of = {_stored_square(data, store).tobytes(): label for data, label in
               _examples(square_store.open_store(cfg), 'train').values()}
   batches = [b for _, b in zip(range(8), ip.host_batches(cfg, 25))]  # 200: two epochs
   for epoch in (batches[:4], batches[4:]):

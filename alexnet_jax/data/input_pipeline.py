@@ -24,7 +24,7 @@ epoch; epoch e's file order and shuffle are seeded by (seed, e), and every rando
 of an example is a stateless op seeded by (seed, the example's position in the stream).
 So the same seed gives the same batches, and a resumed stream (`start_step=N`, or
 `start_position`: the examples already read) replays only the records (not the decoding)
-of the epoch it resumes in. The raw store's reader (raw_reader.py) permutes the part per
+of the epoch it resumes in. The store's reader (store_reader.py) permutes the part per
 epoch, seeded by (seed, e), and replays nothing.
 """
 
@@ -50,8 +50,8 @@ from alexnet_jax import preprocess
 from alexnet_jax.config import DataConfig, UserError
 from alexnet_jax.data import augment
 from alexnet_jax.data import demo_data
-from alexnet_jax.data import raw_reader
 from alexnet_jax.data import square_store
+from alexnet_jax.data import store_reader
 from alexnet_jax.data import tfds_data
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -164,15 +164,15 @@ def _epoch_seed(seed: int, epoch) -> tf.Tensor:
 def train_dataset(cfg: DataConfig, local_batch_size: int, *, start_step: int = 0,
                   start_position: int | None = None, process_index: int | None = None,
                   process_count: int | None = None) -> tf.data.Dataset:
-  """This process's endless training batches from `start_step` on (numpy-ready).
+  """This process's endless training batches of the full-size images (numpy-ready).
 
-  Yields {'images': uint8 (b, R, R, 3) squares of the store, or (b, S, S, 3) host crops,
-  'labels': int32 (b,)} with b = local_batch_size.
+  Yields {'images': uint8 (b, S, S, 3) host crops, 'labels': int32 (b,)} with
+  b = local_batch_size (the store's batches come from host_batches).
   Batches run across epoch boundaries; step N holds stream positions N*b .. N*b+b-1.
   start_position (examples of this stream already read) wins over start_step.
   """
   cfg.validate()
-  builder = _builder(cfg)
+  builder = tfds_data.prepared_builder(cfg)
   index, count = _process(process_index, process_count)
   split = _process_split(cfg.train_split, index, count)
   num_examples = builder.info.splits[split].num_examples
@@ -192,9 +192,6 @@ def train_dataset(cfg: DataConfig, local_batch_size: int, *, start_step: int = 0
 
   def example(position, serialized):
     parsed = parse(serialized)
-    if cfg.store != 'none':  # crops, flips and colour noise happen on the device
-      return {'images': square_store.decode_square(parsed['image'], cfg),
-              'labels': parsed['label']}
     # Unique per example of every process's stream, so skipping is exact.
     seed = tf.stack([tf.cast(cfg.seed, tf.int64), position * count + index])
     return {'images': augment.train_image(parsed['image'], seed, cfg, is_jpeg),
@@ -209,12 +206,15 @@ def train_dataset(cfg: DataConfig, local_batch_size: int, *, start_step: int = 0
 def host_batches(cfg: DataConfig, local_batch_size: int, *, start_step: int = 0,
                  start_position: int | None = None, process_index: int | None = None,
                  process_count: int | None = None) -> Iterator[dict]:
-  """This process's endless training batches (train_dataset's), as numpy.
+  """This process's endless training batches, as numpy, from `start_step` on.
 
-  The raw store is read straight into the batches (raw_reader.py: its stream is a
-  permutation of this process's part per epoch); the others come from train_dataset.
+  {'images': uint8 (b, R, R, 3) squares of the store, or (b, S, S, 3) host crops of the
+  full-size images, 'labels': int32 (b,)}. The store is read straight into the batches
+  (store_reader.py: its stream is a permutation of this process's part per epoch); the
+  full-size images come from train_dataset. Step N holds stream positions N*b .. N*b+b-1;
+  start_position (examples of this stream already read) wins over start_step.
   """
-  if cfg.store != 'raw':
+  if cfg.store == 'none':
     return train_dataset(cfg, local_batch_size, start_step=start_step,
                          start_position=start_position, process_index=process_index,
                          process_count=process_count).as_numpy_iterator()
@@ -222,14 +222,14 @@ def host_batches(cfg: DataConfig, local_batch_size: int, *, start_step: int = 0,
   builder = _builder(cfg)
   index, count = _process(process_index, process_count)
   split = _process_split(cfg.train_split, index, count)
-  rows = square_store.raw_index(cfg)
+  rows = square_store.record_index(cfg)
   shards = [(i.filename, rows[os.path.basename(i.filename)][i.skip:i.skip + i.take])
             for i in builder.info.splits[split].file_instructions]
   if not sum(len(r) for _, r in shards):
     raise UserError(f'{cfg.train_split} has no examples for process {index} of {count}.')
   position = start_step * local_batch_size if start_position is None else start_position
-  return raw_reader.train_batches(shards, cfg.resize_size, local_batch_size, seed=cfg.seed,
-                                  start_position=position)
+  return store_reader.train_batches(shards, cfg.resize_size, local_batch_size, seed=cfg.seed,
+                                    start_position=position, jpeg=cfg.store == 'jpeg')
 
 
 def eval_steps(cfg: DataConfig, local_batch_size: int, process_count: int | None = None) -> int:
@@ -500,6 +500,23 @@ def benchmark(cfgs: Sequence[DataConfig], batch_size: int = 256, seconds: float 
   return results
 
 
+def jpeg_decode_rate(cfg: DataConfig, seconds: float = 5.0) -> float:
+  """Images per CPU-second of decoding the JPEG store's squares alone (one thread, from
+  memory): the ceiling of its reader."""
+  import simplejpeg  # pylint: disable=import-outside-toplevel
+  name, rows = next(iter(square_store.record_index(cfg).items()))
+  with open(os.path.join(square_store.store_dir(cfg), name), 'rb') as f:
+    data = f.read()
+  jpegs = [data[offset:offset + length] for offset, length, _ in rows[:256]]
+  square = np.empty((cfg.resize_size, cfg.resize_size, 3), np.uint8)
+  start, cpu_start, images = time.perf_counter(), time.process_time(), 0
+  while time.perf_counter() - start < seconds:
+    for jpeg in jpegs:
+      simplejpeg.decode_jpeg(jpeg, 'RGB', buffer=square)
+    images += len(jpegs)
+  return images / (time.process_time() - cpu_start)
+
+
 def main(argv=None) -> None:
   import argparse  # pylint: disable=import-outside-toplevel
   import tempfile  # pylint: disable=import-outside-toplevel
@@ -541,7 +558,8 @@ def main(argv=None) -> None:
     prepare(cfg)
     if cfg.store != 'none':
       print(f'Store: {square_store.summary(square_store.read_facts(cfg))}.')
-  mesh = jax.make_mesh((1, 1), ('data', 'tower'), devices=jax.devices()[:1]) if args.to_device else None
+  mesh = (jax.make_mesh((1, 1), ('data', 'tower'), devices=jax.devices()[:1])
+          if args.to_device else None)
   cores = len(os.sched_getaffinity(0))
   for cfg, results in zip(cfgs, benchmark(cfgs, args.batch_size, args.seconds, args.repeats,
                                           mesh, args.quiet)):
@@ -551,6 +569,9 @@ def main(argv=None) -> None:
           f'{", ".join(f"{r[0]:.0f}" for r in results)} images/s; median {wall:.0f} images/s '
           f'on {cores} cores ({wall / cores:.0f} per core), other processes using '
           f'{others:.0%} of the CPUs; {per_cpu:.0f} images per CPU-second of this process.')
+    if cfg.store == 'jpeg':
+      print(f'  its ceiling: decoding its squares alone, one thread, from memory: '
+            f'{jpeg_decode_rate(cfg):.0f} images per CPU-second.')
 
 
 if __name__ == '__main__':

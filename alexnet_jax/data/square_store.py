@@ -10,8 +10,8 @@ R = resize_size(image_size), and writes the squares as a TFDS dataset beside it:
                                  uint8 bytes), 'label' and 'file_name' of the source
       mean_image_<split>.npy     the split's per-pixel mean image (R x R x 3, float32):
                                  the paper's "mean activity over the training set"
-      raw_index.npz              raw only: where each record's pixels are in its file,
-                                 and its label (raw_reader.py reads them straight)
+      record_index.npz           where each record's image bytes are in its file, and its
+                                 label (store_reader.py reads them straight)
       store.json                 what it was made from, its size and how long it took
 
 Examples keep the source's order, so split slices ('train[90%:]') are the same examples
@@ -22,7 +22,7 @@ work runs in tf.data on every core. TFDS writes into a temporary folder and rena
 when complete, with the mean images and store.json inside: a killed preparation leaves
 nothing a reader takes for a store, and a second one finds the store and does nothing.
 
-Readers (input_pipeline.py, raw_reader.py) only decode the squares; crops, flips, colour
+Readers (store_reader.py for training, input_pipeline.py) only decode the squares; crops, flips, colour
 noise and the mean happen on the device (alexnet_jax/device_augment.py).
 
   python -m alexnet_jax.data.square_store --data_dir=DIR [--manual_dir=TARS] --image_size=227 --store=jpeg
@@ -50,7 +50,7 @@ from alexnet_jax.data import tfds_data
 NAME = 'alexnet_squares'
 VERSION = '1.0.0'
 FACTS = 'store.json'
-RAW_INDEX = 'raw_index.npz'
+INDEX = 'record_index.npz'
 _PROGRESS_SECONDS = 30.0
 _BATCH = 64  # squares summed at once for the mean images
 
@@ -156,9 +156,9 @@ def decode_square(data: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
   return tf.ensure_shape(image, [size, size, 3])
 
 
-def raw_index(cfg: DataConfig) -> dict[str, np.ndarray]:
-  """The raw store's index: shard file name -> int64 (examples, 2): pixel offset, label."""
-  with tf.io.gfile.GFile(os.path.join(store_dir(cfg), RAW_INDEX), 'rb') as f:
+def record_index(cfg: DataConfig) -> dict[str, np.ndarray]:
+  """The store's index: shard file name -> int64 (examples, 3): image offset, length, label."""
+  with tf.io.gfile.GFile(os.path.join(store_dir(cfg), INDEX), 'rb') as f:
     return dict(np.load(io.BytesIO(f.read())))
 
 
@@ -169,26 +169,28 @@ def _varint(value: int) -> bytes:
   return out + bytes([value])
 
 
-def _index_shard(path: str, pixels: int) -> np.ndarray:
-  """(offset of its pixels in the file, label) of each TFRecord of a raw store's shard.
+def _index_shard(path: str) -> np.ndarray:
+  """(offset of its image bytes in the file, their length, label) of each record of a shard.
 
   TFRecord framing: uint64 length, uint32 CRC, the serialized tf.train.Example, uint32
-  CRC. The pixels are the one bytes field of exactly R*R*3 bytes; each is checked
-  against the parsed record.
+  CRC. The image is found as its own bytes field (BytesList.value: tag 0x0a, length,
+  bytes) in the serialized record, so each offset is checked against the parsed record.
   """
-  prefix = b'\x0a' + _varint(pixels)  # BytesList.value (field 1, bytes) of that length
   rows, position = [], 0
   with tf.io.gfile.GFile(path, 'rb') as f:
     while header := f.read(12):
       length = int.from_bytes(header[:8], 'little')
       record = f.read(length + 4)[:length]
       example = tf.train.Example.FromString(record).features.feature
-      start = record.find(prefix) + len(prefix)
-      if start < len(prefix) or record[start:start + pixels] != example['image'].bytes_list.value[0]:
-        raise ValueError(f'{path}: record {len(rows)} holds no {pixels}-byte square.')
-      rows.append((position + 12 + start, example['label'].int64_list.value[0]))
+      image = example['image'].bytes_list.value[0]
+      field = b'\x0a' + _varint(len(image)) + image
+      start = record.find(field)
+      if start < 0:
+        raise ValueError(f'{path}: record {len(rows)} holds no image bytes field.')
+      rows.append((position + 12 + start + len(field) - len(image), len(image),
+                   example['label'].int64_list.value[0]))
       position += 12 + length + 4
-  return np.array(rows, np.int64).reshape(-1, 2)
+  return np.array(rows, np.int64).reshape(-1, 3)
 
 
 # ----------------------------------------------------------------------------------
@@ -290,15 +292,13 @@ class _SquareStore(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     for split, mean in self._means.items():
       with tf.io.gfile.GFile(os.path.join(self.data_dir, f'mean_image_{split}.npy'), 'wb') as f:
         np.save(f, mean)
-    if self._cfg.store == 'raw':
-      pixels = self._cfg.resize_size ** 2 * 3
-      shards = [os.path.basename(i.filename) for split in self.info.splits.values()
-                for i in split.file_instructions]
-      index = io.BytesIO()  # zip files need seeking, which GFile writers lack
-      np.savez(index, **{name: _index_shard(os.path.join(self.data_dir, name), pixels)
-                         for name in shards})
-      with tf.io.gfile.GFile(os.path.join(self.data_dir, RAW_INDEX), 'wb') as f:
-        f.write(index.getvalue())
+    shards = [os.path.basename(i.filename) for split in self.info.splits.values()
+              for i in split.file_instructions]
+    index = io.BytesIO()  # zip files need seeking, which GFile writers lack
+    np.savez(index, **{name: _index_shard(os.path.join(self.data_dir, name))
+                       for name in shards})
+    with tf.io.gfile.GFile(os.path.join(self.data_dir, INDEX), 'wb') as f:
+      f.write(index.getvalue())
     splits = self.info.splits.values()
     facts = dict(_facts(self._cfg), source_version=str(self._source.version),
                  images=sum(s.num_examples for s in splits),

@@ -1,11 +1,13 @@
-"""Training batches of the raw store: each square read straight into its batch (no TF).
+"""Training batches of the store, each square read straight into its batch (no TensorFlow).
 
-The raw store's records are TFRecords of tf.train.Example written by TFDS; its index
-(square_store.py, made while preparing) gives each record's label and the file offset
-of its R x R x 3 pixels. A batch is then one read per square into a fresh 64-byte
-aligned buffer, which JAX takes as it is on the CPU (and copies to an accelerator from):
-one copy per image, where tf.data's TFRecord reader, parser and batching make five and
-check a CRC (10x fewer images per CPU-second here; docs/PERFORMANCE.md).
+The store's records are TFRecords of tf.train.Example written by TFDS; its index
+(square_store.py, made while preparing) gives each record's label and where its image
+bytes lie in its file. A batch is then, per square, one read and (for the JPEG store) one
+libjpeg-turbo decode (simplejpeg, the same accurate IDCT and upsampling as TF's decoder:
+the same pixels) into a fresh 64-byte aligned buffer, which JAX takes as it is on the CPU
+(and copies to an accelerator from). tf.data's TFRecord reader, parser and batching copy
+each square four to five times and check a CRC in software: 1.3x (JPEG) to 5x (raw) fewer
+images per CPU-second here (docs/PERFORMANCE.md).
 
 The stream: this reader's examples (its part of the split), each epoch in a permutation
 seeded by (seed, epoch). A batch holds the next b stream positions, so a run that resumes
@@ -39,32 +41,41 @@ def _permutation(seed: int, epoch: int, count: int) -> np.ndarray:
 
 
 def train_batches(shards: Sequence[tuple[str, np.ndarray]], size: int, batch_size: int, *,
-                  seed: int, start_position: int = 0,
+                  seed: int, start_position: int = 0, jpeg: bool,
                   workers: int | None = None) -> Iterator[dict]:
   """Endless {'images': uint8 (b, R, R, 3), 'labels': int32 (b,)} from `start_position` on.
 
   Args:
-    shards: (file, rows) of this reader's examples, in order; rows is int64 (k, 2):
-      each example's pixel offset in the file and its label.
+    shards: (file, rows) of this reader's examples, in order; rows is int64 (k, 3): each
+      example's image offset in the file, its length in bytes and its label.
     size: R.
-    workers: threads reading (default: the cores); reads release the GIL.
+    jpeg: the images are JPEGs (else R*R*3 raw bytes).
+    workers: threads reading and decoding (default: the cores); both release the GIL.
   """
-  rows = np.concatenate([np.zeros((0, 3), np.int64)] + [  # (file, offset, label)
-      np.stack([np.full(len(r), i), r[:, 0], r[:, 1]], axis=1) for i, (_, r) in enumerate(shards)])
-  count, pixels = len(rows), size * size * 3
+  if jpeg:
+    import simplejpeg  # pylint: disable=import-outside-toplevel
+  rows = np.concatenate([np.zeros((0, 4), np.int64)] + [  # (file, offset, length, label)
+      np.concatenate([np.full((len(r), 1), i), r], axis=1) for i, (_, r) in enumerate(shards)])
+  count = len(rows)
   if not count:
     raise ValueError('no examples to train on.')
   files = [os.open(path, os.O_RDONLY) for path, _ in shards]
-  threads = workers or os.cpu_count()
+  threads = workers or len(os.sched_getaffinity(0))
   pool = concurrent.futures.ThreadPoolExecutor(threads)
   permutations = {}
 
   def read(images, picked, lo, hi):
     for j in range(lo, hi):
-      file, offset, _ = picked[j]
-      if os.preadv(files[file], [images[j]], offset) != pixels:
-        raise UserError(f'{shards[file][0]} ends before the square at byte {offset}: the raw '
-                      'store is damaged; prepare it again.')
+      file, offset, length, _ = (int(v) for v in picked[j])
+      if jpeg:
+        data = os.pread(files[file], length, offset)
+        if len(data) == length:
+          simplejpeg.decode_jpeg(data, 'RGB', buffer=images[j])
+          continue
+      elif os.preadv(files[file], [images[j]], offset) == length:
+        continue
+      raise UserError(f'{shards[file][0]} ends before the square at byte {offset}: the '
+                      'store is damaged; move it away and prepare it again.')
 
   try:
     position = start_position
@@ -73,14 +84,13 @@ def train_batches(shards: Sequence[tuple[str, np.ndarray]], size: int, batch_siz
       permutations = {e: permutations[e] if e in permutations else _permutation(seed, e, count)
                       for e in set(epochs.tolist())}
       picked = rows[[permutations[e][i] for e, i in zip(epochs.tolist(), within.tolist())]]
-      images = aligned_empty((batch_size, pixels))
+      images = aligned_empty((batch_size, size, size, 3))
       bounds = np.linspace(0, batch_size, threads + 1).astype(int)
       for done in [pool.submit(read, images, picked, lo, hi)
                    for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]:
         done.result()
       position += batch_size
-      yield {'images': images.reshape(batch_size, size, size, 3),
-             'labels': picked[:, 2].astype(np.int32)}
+      yield {'images': images, 'labels': picked[:, 3].astype(np.int32)}
   finally:
     pool.shutdown()
     for file in files:
