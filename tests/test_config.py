@@ -62,6 +62,8 @@ def test_defaults_of_flags_are_the_configs_defaults():
     (['--cpu_devices=0'], '--cpu_devices must be at least 1'),
     (['--image_size=30'], 'too small'),
     (['--mode=visualize', '--workdir=w', '--results'], 'set --runs'),
+    (['--augment=inception'], 'it needs --store=none'),
+    (['--store_quality=101'], '--store_quality must be in 1..100'),
 ])
 def test_rules_fail_with_the_flag_to_fix(argv, message):
   _experiment('--mode=summary').validate()  # valid without the flag under test
