@@ -442,7 +442,7 @@ def test_mean_for_channel_and_pixel(demo, tmp_path):
   stored = np.load(ip.mean_image_path(cfg, str(tmp_path)))
   assert stored.shape == (R, R, 3)
   # The mean of the 90 training squares, computed here the long way.
-  squares = [augment.to_uint8(augment.central_square(tf.constant(x['image']), R)).numpy()
+  squares = [augment.central_square(tf.constant(x['image']), R).numpy()
              for x in tfds.builder('imagenet2012', data_dir=demo.data_dir).as_dataset(
                  'train[:90%]', decoders={'image': tfds.decode.SkipDecoding()})
              .as_numpy_iterator()]

@@ -34,7 +34,7 @@ def _examples(builder, split):
 
 def _host_square(data):
   """The central R x R square of a full-size image, as the host's full-size path makes it."""
-  return augment.to_uint8(augment.central_square(tf.constant(data), R)).numpy()
+  return augment.central_square(tf.constant(data), R).numpy()
 
 
 def _stored_square(data, store):

@@ -82,11 +82,11 @@ def _square(shape) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
 
 
 def central_square(data, size: int, is_jpeg: bool = True) -> tf.Tensor:
-  """Shorter side resized to `size`, central size x size square: float32 (size, size, 3)."""
+  """Shorter side resized to `size`, central size x size square: uint8 (size, size, 3)."""
   def window(shape):
     y, x, side = _square(shape)
     return tf.stack([y, x, side, side])
-  return _resize(_decode(data, window, is_jpeg, size), size)
+  return to_uint8(_resize(_decode(data, window, is_jpeg, size), size))
 
 
 def _flip(image, seed) -> tf.Tensor:
@@ -164,5 +164,5 @@ def train_image(data, seed, cfg: DataConfig, is_jpeg: bool) -> tf.Tensor:
 
 def eval_images(data, cfg: DataConfig, is_jpeg: bool) -> tf.Tensor:
   """uint8 (C, S, S, 3): the eval crops of an encoded image."""
-  square = to_uint8(central_square(data, cfg.resize_size, is_jpeg))
+  square = central_square(data, cfg.resize_size, is_jpeg)
   return eval_crops(square, cfg.image_size, cfg.eval_crops)

@@ -364,7 +364,7 @@ def _square(data, cfg: DataConfig, is_jpeg: bool) -> tf.Tensor:
   """uint8 (R, R, 3): a stored square, or the central square of a full-size image."""
   if cfg.store != 'none':
     return square_store.decode_square(data, cfg)
-  return augment.to_uint8(augment.central_square(data, cfg.resize_size, is_jpeg))
+  return augment.central_square(data, cfg.resize_size, is_jpeg)
 
 
 def compute_mean_image(cfg: DataConfig, max_examples: int | None = None,
@@ -444,9 +444,8 @@ def load_images_for_predict(paths: Sequence[str], cfg: DataConfig) -> np.ndarray
       # JPEGs take the evaluation's own decoder; anything else is decoded whole.
       is_jpeg = data[:3] == b'\xff\xd8\xff'
       image = tf.constant(data)
-      out.append((augment.eval_images(image, cfg, is_jpeg) if cfg.store == 'none' else
-                  augment.to_uint8(augment.central_square(image, cfg.resize_size, is_jpeg))
-                  ).numpy())
+      out.append((augment.eval_images(image, cfg, is_jpeg) if cfg.store == 'none'
+                  else augment.central_square(image, cfg.resize_size, is_jpeg)).numpy())
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
       raise UserError(f'{path} is not an image TensorFlow can decode '
                        f'(JPEG, PNG, GIF or BMP): {e.message.splitlines()[0]}') from None

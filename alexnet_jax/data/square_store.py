@@ -259,8 +259,7 @@ class _SquareStore(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                            decoders={image_key: tfds.decode.SkipDecoding()})
 
     def square(example):
-      pixels = augment.to_uint8(augment.central_square(example[image_key], cfg.resize_size,
-                                                       is_jpeg))
+      pixels = augment.central_square(example[image_key], cfg.resize_size, is_jpeg)
       out = {'square': pixels, 'label': example[label_key],
              'file_name': example['file_name'] if has_names else tf.constant('')}
       if cfg.store == 'jpeg':
