@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
+import traceback
 
 # TensorFlow's C++ INFO lines (oneDNN, CPU features) are not news; its warnings stay.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
@@ -61,6 +62,26 @@ def _quiet_libraries() -> None:
     return not (record.exc_info and '/orbax/' in record.pathname and not logging.level_debug())
 
   logging.get_absl_handler().addFilter(keep)
+  sys.unraisablehook = _without_abandoned_reads(sys.unraisablehook)
+
+
+def _without_abandoned_reads(hook):
+  """sys.unraisablehook, less what orbax's abandoned reads print after a restore failed.
+
+  When one array of a checkpoint cannot be read, orbax gives up on the others: their
+  coroutines, and TensorStore's callbacks into the closed event loop, each print a page
+  of traceback, later and from other threads, after the one warning that reports the
+  unreadable checkpoint. Anything else still reaches `hook`.
+  """
+  def filtered(unraisable):
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    abandoned = ('/orbax/' in repr(unraisable.object) or any(
+        '/orbax/' in frame.filename for frame in frames) or (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'))
+    if not abandoned:
+      hook(unraisable)
+  return filtered
 
 
 def _write_demo_data(manual_dir: str) -> None:

@@ -1,6 +1,7 @@
 """Real processes: SIGTERM and Ctrl-C save and exit, kill -9 loses only unsaved steps, the
 workdir lock, a full disk, a read-only workdir, a torn metrics line, bad input."""
 
+import glob
 import json
 import os
 import shutil
@@ -119,6 +120,22 @@ def test_eval_mode_reports_what_training_reported(demo, straight_run):
   final = json.load(open(f'{straight_run}/eval/train_90_step{STEPS}.json'))
   assert final['top1'] == records[-1]['top1'] and final['top5'] == records[-1]['top5']
   assert f'at step {STEPS}' in result.stdout
+
+
+@pytest.mark.slow
+def test_eval_skips_a_truncated_checkpoint_with_one_warning_and_nothing_else(demo, straight_run,
+                                                                           tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(straight_run, workdir)
+  newest = _checkpoint_steps(workdir)[-1]
+  data = [f for f in glob.glob(f'{workdir}/checkpoints/{newest}/state/**/d/*', recursive=True)]
+  for path in data:
+    os.truncate(path, os.path.getsize(path) // 3)
+  result = cli.run_main(*_flags(demo, workdir, mode='eval'))
+  assert result.returncode == 0, result.stderr
+  assert f'at step {_checkpoint_steps(workdir)[-2]}' in result.stdout  # the older one
+  warnings = cli.problems(result.stderr)
+  assert len(warnings) == 1 and f'Checkpoint {newest} ' in warnings[0], warnings
 
 
 @pytest.mark.slow
