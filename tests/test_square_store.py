@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import weakref
 
 import jax
 import numpy as np
@@ -123,6 +124,26 @@ def test_the_reader_reads_every_stored_square_with_its_label_once_an_epoch(demo,
                                                              for b in batches[4:]]
   # 64-byte aligned: JAX takes it on the CPU without a copy.
   assert all(b['images'].ctypes.data % 64 == 0 for b in batches)
+
+
+def test_the_reader_overwrites_a_batch_only_once_nothing_refers_to_it(demo):
+  batches = ip.host_batches(demo.config(store='raw', train_split='train'), 25)
+  kept = next(batches)['images']
+  view = next(batches)['images'][3:5]
+  on_device = jax.device_put(next(batches)['images'])  # on the CPU it may alias the batch
+  held = [kept, view, on_device]
+  before = [np.array(x) for x in held]
+  held_at = {np.asarray(x).ctypes.data for x in (kept, view[0], on_device)}
+  handed_out, buffers = [], []
+  for _ in range(12):  # each dropped when the next arrives
+    images = next(batches)['images']
+    handed_out.append(images.ctypes.data)
+    buffers.append(weakref.ref(images.base))
+  for x, expected in zip(held, before):
+    np.testing.assert_array_equal(np.asarray(x), expected)
+  assert not held_at & set(handed_out)
+  # The dropped batches' buffers live on, to be used again: two take turns.
+  assert all(b() is not None for b in buffers) and len({id(b()) for b in buffers}) == 2
 
 
 # ----------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ The store's records are TFRecords of tf.train.Example written by TFDS; its index
 (square_store.py, made while preparing) gives each record's label and where its image
 bytes lie in its file. A batch is then, per square, one read and (for the JPEG store) one
 libjpeg-turbo decode (simplejpeg, the same accurate IDCT and upsampling as TF's decoder:
-the same pixels) into a fresh 64-byte aligned buffer, which JAX takes as it is on the CPU
-(and copies to an accelerator from). tf.data's TFRecord reader, parser and batching copy
+the same pixels) into a 64-byte aligned buffer, which JAX takes as it is on the CPU (and
+copies to an accelerator from). Buffers are used again once nothing refers to the batch
+they held: a fresh 50 MB batch costs the kernel's zeroing and page faults, a quarter of the
+JPEG reader's CPU time here. tf.data's TFRecord reader, parser and batching copy
 each square four to five times and check a CRC in software: 1.3x (JPEG) to 5x (raw) fewer
 images per CPU-second here (docs/PERFORMANCE.md).
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import sys
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -28,12 +31,31 @@ from alexnet_jax.config import UserError
 _ALIGN = 64  # what XLA's CPU client needs to use host memory without a copy
 
 
-def aligned_empty(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
-  """An uninitialized array whose data starts at a multiple of 64 bytes."""
-  nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-  raw = np.empty(nbytes + _ALIGN, np.uint8)
-  start = (-raw.ctypes.data) % _ALIGN
-  return raw[start:start + nbytes].view(dtype).reshape(shape)
+class BatchBuffers:
+  """Uninitialized uint8 arrays of one shape, 64-byte aligned, each handed out again only
+  when nothing refers to it any more.
+
+  A batch given to JAX stays referenced while JAX uses it: on the CPU its array aliases the
+  buffer, and a transfer to an accelerator holds it until the copy is done. So a buffer no
+  object refers to (its batch, a view, an array made from it) is free to overwrite.
+  """
+
+  def __init__(self, shape: tuple[int, ...], keep: int = 8):
+    self._shape, self._keep = shape, keep
+    self._owners = []  # the allocations, at most `keep`
+
+  def take(self) -> np.ndarray:
+    for owner in self._owners:
+      if sys.getrefcount(owner) == 3:  # self._owners, `owner` and getrefcount's argument
+        return self._aligned(owner)
+    owner = np.empty(int(np.prod(self._shape)) + _ALIGN, np.uint8)
+    if len(self._owners) < self._keep:
+      self._owners.append(owner)
+    return self._aligned(owner)
+
+  def _aligned(self, owner: np.ndarray) -> np.ndarray:
+    start = (-owner.ctypes.data) % _ALIGN
+    return owner[start:start + owner.size - _ALIGN].reshape(self._shape)
 
 
 def _permutation(seed: int, epoch: int, count: int) -> np.ndarray:
@@ -63,6 +85,7 @@ def train_batches(shards: Sequence[tuple[str, np.ndarray]], size: int, batch_siz
   threads = workers or len(os.sched_getaffinity(0))
   pool = concurrent.futures.ThreadPoolExecutor(threads)
   permutations = {}
+  buffers = BatchBuffers((batch_size, size, size, 3))
 
   def read(images, picked, lo, hi):
     for j in range(lo, hi):
@@ -84,7 +107,7 @@ def train_batches(shards: Sequence[tuple[str, np.ndarray]], size: int, batch_siz
       permutations = {e: permutations[e] if e in permutations else _permutation(seed, e, count)
                       for e in set(epochs.tolist())}
       picked = rows[[permutations[e][i] for e, i in zip(epochs.tolist(), within.tolist())]]
-      images = aligned_empty((batch_size, size, size, 3))
+      images = buffers.take()
       bounds = np.linspace(0, batch_size, threads + 1).astype(int)
       for done in [pool.submit(read, images, picked, lo, hi)
                    for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]:
