@@ -64,9 +64,20 @@ def loss_fn(forward, params, images, labels, dropout_rng):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def _state_from_params(tx, plateau, params) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+def _state_from_params(tx, plateau, shardings, params) -> TrainState:
+  # The momentum takes its parameter's sharding. Zeros carry none: XLA laid them out
+  # replicated, the step returns them split like the parameters, and the training loop
+  # compiled the step a second time for that.
+  opt_state = optax.tree_utils.tree_map_params(tx, jax.lax.with_sharding_constraint,
+                                               tx.init(params), shardings)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                     plateau=plateau.init(params))
+
+
+def _make_state(tx, plateau, params):
+  """The jitted _state_from_params for parameters (arrays or ShapeDtypeStructs) like these."""
+  shardings = jax.tree.map(lambda p: p.sharding, params)
+  return jax.jit(functools.partial(_state_from_params, tx, plateau, shardings))
 
 
 def optimizer_of(model_config: ModelConfig, opt_config: OptimizerConfig, mesh):
@@ -80,15 +91,15 @@ def init_state(model_config: ModelConfig, opt_config: OptimizerConfig, mesh,
   """A fresh train state, made directly in its shardings on the mesh."""
   tx, plateau = optimizer_of(model_config, opt_config, mesh)
   params = parallel.init_sharded_params(model_config, rng, mesh)
-  return jax.jit(functools.partial(_state_from_params, tx, plateau))(params)
+  return _make_state(tx, plateau, params)(params)
 
 
 def abstract_state(model_config: ModelConfig, opt_config: OptimizerConfig,
                    mesh) -> TrainState:
   """ShapeDtypeStructs with this mesh's shardings: the restore target (no computation)."""
   tx, plateau = optimizer_of(model_config, opt_config, mesh)
-  make = jax.jit(functools.partial(_state_from_params, tx, plateau))
   params = parallel.abstract_sharded_params(model_config, mesh)
+  make = _make_state(tx, plateau, params)
   shapes = jax.eval_shape(make, params)
   shardings = make.lower(params).compile().output_shardings
   return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,

@@ -62,7 +62,11 @@ def _one_step(shape):
   batch = next(synthetic_data.synthetic_batches(8, 67, 10, mesh, seed=1))
   with jax.set_mesh(mesh):
     state = train.init_state(meshes.TINY, opt_config, mesh, jax.random.key(0))
+    layout = [leaf.sharding for leaf in jax.tree.leaves(state)]
     state, metrics_ = step(state, batch)
+    # The state comes back in the layout init_state made: the step compiles once.
+    assert all(leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
+               for leaf, sharding in zip(jax.tree.leaves(state), layout, strict=True))
     state, metrics_ = step(state, batch)  # momentum and dropout of a second step too
   return jax.device_get(state.params), float(metrics_['loss'])
 

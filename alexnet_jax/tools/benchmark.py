@@ -125,16 +125,6 @@ class StepTimer:
       self._state = train.init_state(model_config, opt_config, mesh, jax.random.key(seed))
       start = time.perf_counter()
       self.compiled = step.lower(self._state, next(self._batches)).compile()
-      steady = self.compiled.output_shardings[0]
-      if not all(leaf.sharding.is_equivalent_to(sharding, leaf.ndim) for leaf, sharding in
-                 zip(jax.tree.leaves(self._state), jax.tree.leaves(steady))):
-        # XLA laid out the step's output state (e.g. the momentum) otherwise than
-        # init_state's: compile for the layout every later step keeps, as the jitted
-        # training loop does on its second step.
-        logging.warning('The step returns its state in other shardings than init_state '
-                        'made: the training loop compiles the step twice.')
-        self._state = jax.device_put(self._state, steady)
-        self.compiled = step.lower(self._state, next(self._batches)).compile()
       self.compile_seconds = time.perf_counter() - start
 
   def time(self, steps: int) -> float:
