@@ -8,6 +8,7 @@ import dataclasses
 import glob
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -430,6 +431,21 @@ def test_prefetch_keeps_order_and_items():
   assert list(ip.prefetch(iter([]), 2)) == []
 
 
+def test_the_benchmark_prints_each_paths_rate_per_cpu_second_and_the_jpeg_ceiling(demo, capsys):
+  ip.main(['--benchmark', '--to_device', '--store=none,jpeg,raw', f'--data_dir={demo.data_dir}',
+           f'--manual_dir={demo.manual_dir}', f'--image_size={IMAGE_SIZE}', '--batch_size=8',
+           '--seconds=0.2', '--repeats=2'])
+  lines = capsys.readouterr().out.splitlines()
+  results = [line for line in lines if line.startswith('store=')]
+  assert [line.split()[0] for line in results] == ['store=none', 'store=jpeg', 'store=raw']
+  for line in results:
+    assert re.fullmatch(r'.*: runs \d+, \d+ images/s; .*; [1-9]\d* images per CPU-second of '
+                        r'this process\.', line), line
+  ceiling = lines[lines.index(results[1]) + 1]  # measured after each of the 2 JPEG runs
+  assert re.fullmatch(r'  its ceiling: .*: [1-9]\d* images per CPU-second; the reader reached '
+                      r'\d+%, \d+% of it\.', ceiling), ceiling
+
+
 # ----------------------------------------------------------------------------------
 # Means and prediction inputs.
 
@@ -453,6 +469,9 @@ def test_mean_for_channel_and_pixel(demo, tmp_path):
   assert not ip.mean_for(cfg, workdir=str(tmp_path)).any()  # read back, not recomputed
   other = dataclasses.replace(cfg, train_split='train[90%:]')
   assert ip.mean_image_path(other, 'w') != ip.mean_image_path(cfg, 'w')
+  paths = {ip.mean_image_path(dataclasses.replace(cfg, store=store, store_quality=quality), 'w')
+           for store, quality in (('none', 90), ('raw', 90), ('jpeg', 90), ('jpeg', 80))}
+  assert len(paths) == 4  # each input's squares have their own mean
 
 
 def test_load_images_for_predict(tmp_path):

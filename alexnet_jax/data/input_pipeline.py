@@ -36,7 +36,7 @@ import math
 import os
 import re
 import time
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 from absl import logging
 import jax
@@ -352,11 +352,13 @@ def eval_batches(cfg: DataConfig, global_batch_size: int, mesh) -> Iterator[dict
 
 
 def mean_image_path(cfg: DataConfig, workdir: str | None = None) -> str:
-  """Where the paper's mean image of cfg.train_split (R x R) is kept."""
+  """Where the paper's mean image of cfg.train_split (R x R) is kept, one per input."""
   # 'train[:90%]' -> 'train_to90pct', 'train[90%:]' -> 'train_90pctto': one file per slice.
   split = cfg.train_split.replace('%', 'pct').replace(':', 'to')
   split = re.sub(r'[^A-Za-z0-9]+', '_', split).strip('_')
   name = f'mean_image_{cfg.dataset}_{split}_{cfg.resize_size}px.npy'
+  if cfg.store != 'none':  # a JPEG store's squares differ from the exact ones
+    name = f'mean_image_{square_store.config_name(cfg)}_{split}.npy'
   return os.path.join(workdir or tfds_data.tfds_builder(cfg).data_dir, name)
 
 
@@ -456,10 +458,15 @@ def load_images_for_predict(paths: Sequence[str], cfg: DataConfig) -> np.ndarray
 # Throughput benchmark.
 
 
-def _window(cfg: DataConfig, batch_size: int, seconds: float, mesh,
-            start_step: int) -> tuple[float, float, float]:
-  """(images/s, images per CPU-second of this process, share of the CPUs other processes
-  used) of one timed window."""
+class Window(NamedTuple):
+  """One timed window of a pipeline."""
+  images_per_s: float
+  images_per_cpu_s: float      # every thread of this process counted
+  others: float                # share of the CPUs other processes used
+  decoder_alone: float | None  # the JPEG store only: its decoder alone right after (ceiling)
+
+
+def _window(cfg: DataConfig, batch_size: int, seconds: float, mesh, start_step: int) -> Window:
   from alexnet_jax.tools import benchmark as step_benchmark  # pylint: disable=import-outside-toplevel
   if mesh is None:
     batches = host_batches(cfg, batch_size, start_step=start_step)
@@ -474,13 +481,17 @@ def _window(cfg: DataConfig, batch_size: int, seconds: float, mesh,
     images += batch_size
   wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
   others = (step_benchmark.busy_cpu_seconds() - busy_start - cpu) / (wall * os.cpu_count())
-  return images / wall, images / cpu, max(0.0, others)
+  del batches  # its reader's threads stop before the ceiling is timed
+  # This machine's speed drifts by a third between minutes: the ceiling is measured in
+  # the same minute as the reader it bounds.
+  ceiling = jpeg_decode_rate(cfg, seconds / 2) if cfg.store == 'jpeg' else None
+  return Window(images / wall, images / cpu, max(0.0, others), ceiling)
 
 
 def benchmark(cfgs: Sequence[DataConfig], batch_size: int = 256, seconds: float = 10.0,
               repeats: int = 3, mesh=None,
-              quiet: float = 0.0) -> list[list[tuple[float, float, float]]]:
-  """Training-pipeline throughput of each config, per repeat: _window's figures.
+              quiet: float = 0.0) -> list[list[Window]]:
+  """Training-pipeline throughput of each config, per repeat.
 
   Host uint8 batches (host_batches), made global jax.Arrays on `mesh` if given. The
   configs' windows are interleaved, in an order rotated every repeat, so that other
@@ -504,9 +515,10 @@ def jpeg_decode_rate(cfg: DataConfig, seconds: float = 5.0) -> float:
   memory): the ceiling of its reader."""
   import simplejpeg  # pylint: disable=import-outside-toplevel
   name, rows = next(iter(square_store.record_index(cfg).items()))
+  rows = rows[:256]
   with open(os.path.join(square_store.store_dir(cfg), name), 'rb') as f:
-    data = f.read()
-  jpegs = [data[offset:offset + length] for offset, length, _ in rows[:256]]
+    data = f.read(int((rows[:, 0] + rows[:, 1]).max()))
+  jpegs = [data[offset:offset + length] for offset, length, _ in rows]
   square = np.empty((cfg.resize_size, cfg.resize_size, 3), np.uint8)
   start, cpu_start, images = time.perf_counter(), time.process_time(), 0
   while time.perf_counter() - start < seconds:
@@ -560,18 +572,21 @@ def main(argv=None) -> None:
   mesh = (jax.make_mesh((1, 1), ('data', 'tower'), devices=jax.devices()[:1])
           if args.to_device else None)
   cores = len(os.sched_getaffinity(0))
-  for cfg, results in zip(cfgs, benchmark(cfgs, args.batch_size, args.seconds, args.repeats,
+  for cfg, windows in zip(cfgs, benchmark(cfgs, args.batch_size, args.seconds, args.repeats,
                                           mesh, args.quiet)):
-    wall, per_cpu, others = (float(np.median(column)) for column in zip(*results))
+    wall, per_cpu, others = (float(np.median([getattr(w, field) for w in windows]))
+                             for field in ('images_per_s', 'images_per_cpu_s', 'others'))
     print(f'store={cfg.store} augment={cfg.augment} image_size={cfg.image_size} '
           f'resize={cfg.resize_size} batch={args.batch_size} to_device={args.to_device}: runs '
-          f'{", ".join(f"{r[0]:.0f}" for r in results)} images/s; median {wall:.0f} images/s '
-          f'on {cores} cores ({wall / cores:.0f} per core), other processes using '
+          f'{", ".join(f"{w.images_per_s:.0f}" for w in windows)} images/s; median {wall:.0f} '
+          f'images/s on {cores} cores ({wall / cores:.0f} per core), other processes using '
           f'{others:.0%} of the CPUs; {per_cpu:.0f} images per CPU-second of this process.')
     if cfg.store == 'jpeg':
-      print(f'  its ceiling: decoding its squares alone, one thread, from memory: '
-            f'{jpeg_decode_rate(cfg):.0f} images per CPU-second.')
-
+      ceilings = [w.decoder_alone for w in windows]
+      shares = ', '.join(f'{w.images_per_cpu_s / w.decoder_alone:.0%}' for w in windows)
+      print(f'  its ceiling: decoding its squares alone, one thread, from memory, right after '
+            f'each run: {float(np.median(ceilings)):.0f} images per CPU-second; the reader '
+            f'reached {shares} of it.')
 
 if __name__ == '__main__':
   main()
