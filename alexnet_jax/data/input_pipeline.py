@@ -356,8 +356,9 @@ def mean_image_path(cfg: DataConfig, workdir: str | None = None) -> str:
   # 'train[:90%]' -> 'train_to90pct', 'train[90%:]' -> 'train_90pctto': one file per slice.
   split = cfg.train_split.replace('%', 'pct').replace(':', 'to')
   split = re.sub(r'[^A-Za-z0-9]+', '_', split).strip('_')
-  name = f'mean_image_{cfg.dataset}_{split}_{cfg.resize_size}px.npy'
-  if cfg.store != 'none':  # a JPEG store's squares differ from the exact ones
+  if cfg.store == 'none':
+    name = f'mean_image_{cfg.dataset}_{split}_{cfg.resize_size}px.npy'
+  else:  # a JPEG store's squares differ from the exact ones
     name = f'mean_image_{square_store.config_name(cfg)}_{split}.npy'
   return os.path.join(workdir or tfds_data.tfds_builder(cfg).data_dir, name)
 
@@ -482,7 +483,7 @@ def _window(cfg: DataConfig, batch_size: int, seconds: float, mesh, start_step: 
   wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
   others = (step_benchmark.busy_cpu_seconds() - busy_start - cpu) / (wall * os.cpu_count())
   del batches  # its reader's threads stop before the ceiling is timed
-  # This machine's speed drifts by a third between minutes: the ceiling is measured in
+  # This machine's speed moves by up to half between minutes: the ceiling is measured in
   # the same minute as the reader it bounds.
   ceiling = jpeg_decode_rate(cfg, seconds / 2) if cfg.store == 'jpeg' else None
   return Window(images / wall, images / cpu, max(0.0, others), ceiling)
@@ -587,6 +588,7 @@ def main(argv=None) -> None:
       print(f'  its ceiling: decoding its squares alone, one thread, from memory, right after '
             f'each run: {float(np.median(ceilings)):.0f} images per CPU-second; the reader '
             f'reached {shares} of it.')
+
 
 if __name__ == '__main__':
   main()
