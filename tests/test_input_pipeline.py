@@ -446,6 +446,16 @@ def test_the_benchmark_prints_each_paths_rate_per_cpu_second_and_the_jpeg_ceilin
                       r'\d+%, \d+% of it\.', ceiling), ceiling
 
 
+def test_the_benchmark_refuses_a_bad_setting_in_one_line_before_writing_data(tmp_path,
+                                                                             monkeypatch):
+  monkeypatch.setattr('tempfile.tempdir', str(tmp_path))  # where it would write its photos
+  with pytest.raises(SystemExit) as exit_info:
+    ip.main(['--benchmark', '--store=none,jpg'])
+  assert str(exit_info.value) == ("input_pipeline: error: --store must be one of jpeg, raw, "
+                                  "none, got 'jpg'.")
+  assert not list(tmp_path.iterdir())
+
+
 # ----------------------------------------------------------------------------------
 # Means and prediction inputs.
 

@@ -31,6 +31,7 @@ epoch, seeded by (seed, e), and replays nothing.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gc
 import math
 import os
@@ -531,7 +532,6 @@ def jpeg_decode_rate(cfg: DataConfig, seconds: float = 5.0) -> float:
 
 def main(argv=None) -> None:
   import argparse  # pylint: disable=import-outside-toplevel
-  import tempfile  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(description='Input pipeline throughput (training).')
   parser.add_argument('--benchmark', action='store_true', required=True)
   parser.add_argument('--store', default='none',
@@ -556,17 +556,27 @@ def main(argv=None) -> None:
                       help='before each window, wait (up to 2 min) until the CPUs are less '
                            'busy than this fraction (0.1: idle); 0: never')
   args = parser.parse_args(argv)
-  data_dir, manual_dir = args.data_dir, args.manual_dir
-  if data_dir is None:
-    root = tempfile.mkdtemp(prefix='alexnet_bench_')
-    data_dir, manual_dir = os.path.join(root, 'tfds'), os.path.join(root, 'manual')
-    demo_data.write_demo_imagenet(manual_dir, args.images_per_class, oddities=False, photos=True)
-  cfgs = [DataConfig(dataset=args.dataset, data_dir=data_dir, manual_dir=manual_dir,
+  try:
+    _run_benchmark(args)
+  except UserError as error:
+    raise SystemExit(f'input_pipeline: error: {error}') from None
+
+
+def _run_benchmark(args) -> None:
+  """main's work; a setting that cannot run raises UserError before any data is written."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  cfgs = [DataConfig(dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
                      train_split=args.train_split, image_size=args.image_size,
                      augment=args.augment, shuffle_buffer=1000, store=store,
                      store_quality=args.store_quality) for store in args.store.split(',')]
   for cfg in cfgs:
     cfg.validate()
+  if args.data_dir is None:
+    root = tempfile.mkdtemp(prefix='alexnet_bench_')
+    data_dir, manual_dir = os.path.join(root, 'tfds'), os.path.join(root, 'manual')
+    demo_data.write_demo_imagenet(manual_dir, args.images_per_class, oddities=False, photos=True)
+    cfgs = [dataclasses.replace(cfg, data_dir=data_dir, manual_dir=manual_dir) for cfg in cfgs]
+  for cfg in cfgs:
     prepare(cfg)
     if cfg.store != 'none':
       print(f'Store: {square_store.summary(square_store.read_facts(cfg))}.')
