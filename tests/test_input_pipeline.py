@@ -477,6 +477,12 @@ def test_mean_for_channel_and_pixel(demo, tmp_path):
   np.testing.assert_array_equal(mean, stored[mid:mid + IMAGE_SIZE, mid:mid + IMAGE_SIZE])
   np.save(ip.mean_image_path(cfg, str(tmp_path)), np.zeros((R, R, 3), np.float32))
   assert not ip.mean_for(cfg, workdir=str(tmp_path)).any()  # read back, not recomputed
+  # A torn or wrong file is a cache gone bad: computed again, and kept again.
+  path = ip.mean_image_path(cfg, str(tmp_path))
+  for damage in (lambda: os.truncate(path, 100), lambda: np.save(path, np.zeros((R, R)))):
+    damage()
+    np.testing.assert_array_equal(ip.mean_for(cfg, workdir=str(tmp_path)), mean)
+    np.testing.assert_array_equal(np.load(path), stored)
   other = dataclasses.replace(cfg, train_split='train[90%:]')
   assert ip.mean_image_path(other, 'w') != ip.mean_image_path(cfg, 'w')
   paths = {ip.mean_image_path(dataclasses.replace(cfg, store=store, store_quality=quality), 'w')

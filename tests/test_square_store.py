@@ -230,6 +230,18 @@ def test_a_store_that_is_not_the_runs_names_the_command_that_prepares_it(own_sto
   assert 'is not prepared' in _refused(copied)
 
 
+def test_a_damaged_mean_image_in_the_store_is_one_line_naming_the_command(demo, tmp_path):
+  cfg = demo.config(store='jpeg', mean='pixel', train_split='train')
+  copied = dataclasses.replace(cfg, data_dir=str(tmp_path))
+  shutil.copytree(square_store.store_dir(cfg), square_store.store_dir(copied))
+  os.truncate(os.path.join(square_store.store_dir(copied), 'mean_image_train.npy'), 100)
+  with pytest.raises(config_lib.UserError) as error:
+    ip.mean_for(copied)
+  message = str(error.value)
+  assert '\n' not in message and 'the store is damaged' in message
+  assert message.endswith(square_store.prepare_command(copied))
+
+
 def test_preparing_twice_changes_nothing(own_store):
   cfg = own_store
   square_store.prepare(cfg)  # prepared by the test above, or now

@@ -403,10 +403,13 @@ def mean_for(cfg: DataConfig, workdir: str | None = None) -> np.ndarray:
   if stored is not None:
     return stored
   path = mean_image_path(cfg, workdir)
+  mean = None
   if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      mean = np.load(f)
-  else:
+    try:
+      mean = square_store.read_mean_image(path, cfg.resize_size)
+    except ValueError as error:  # a cache: made again
+      logging.warning('%s: computing it again.', error)
+  if mean is None:
     logging.info('Computing the mean image of %s %s into %s', cfg.dataset, cfg.train_split, path)
     mean = compute_mean_image(cfg)
     tf.io.gfile.makedirs(os.path.dirname(path))

@@ -143,8 +143,23 @@ def stored_mean(cfg: DataConfig) -> np.ndarray | None:
   path = os.path.join(store_dir(cfg), f'mean_image_{cfg.train_split}.npy')
   if not re.fullmatch(r'\w+', cfg.train_split) or not tf.io.gfile.exists(path):
     return None
-  with tf.io.gfile.GFile(path, 'rb') as f:
-    return np.load(f)
+  try:
+    return read_mean_image(path, cfg.resize_size)
+  except ValueError as error:
+    raise UserError(f'{error}: the store is damaged; move {store_dir(cfg)} away and prepare '
+                    f'it again: {prepare_command(cfg)}') from None
+
+
+def read_mean_image(path: str, size: int) -> np.ndarray:
+  """The size x size x 3 mean image saved at path; ValueError saying why if it is not one."""
+  try:
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      mean = np.load(f)
+  except (ValueError, EOFError) as error:  # torn, emptied or not an .npy file
+    raise ValueError(f'{path} is not a readable .npy file ({error})') from None
+  if mean.shape != (size, size, 3):
+    raise ValueError(f'{path} holds a {mean.shape} array, not a {size}x{size}x3 mean image')
+  return mean
 
 
 def decode_square(data: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
