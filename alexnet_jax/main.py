@@ -11,10 +11,7 @@ import os
 import sys
 import traceback
 
-# TensorFlow's C++ INFO lines (oneDNN, CPU features) are not news; its warnings stay.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -52,7 +49,7 @@ def _quiet_libraries() -> None:
   A failed background save makes orbax log its traceback twice: train reports it as one
   line (the tracebacks stay visible with --verbosity=1).
   """
-  noisy = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/', '/etils/')
+  noisy = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/', '/etils/', '/matplotlib/')
 
   def keep(record) -> bool:
     if not any(part in record.pathname for part in noisy):
@@ -119,6 +116,8 @@ def run(experiment: config.Experiment, mesh) -> None:
   mode, workdir = experiment.run.mode, experiment.run.workdir
   model_config, data_config = experiment.model, experiment.data
   images = predict.image_paths(experiment.run.image) if mode == 'predict' else []
+  logging.info('mode=%s mesh=%s devices=%d x %s', mode, config.MeshShape(**mesh.shape),
+               jax.device_count(), jax.devices()[0].device_kind)
   _preflight(experiment, mesh, len(images))
   if mode == 'summary':
     from alexnet_jax import train  # pylint: disable=import-outside-toplevel
@@ -150,6 +149,11 @@ def run(experiment: config.Experiment, mesh) -> None:
       distributed.in_turn('prepare', lambda: input_pipeline.prepare(data_config))
       train.train_and_evaluate(model_config, data_config, experiment.optimizer,
                                experiment.train, mesh, workdir)
+    if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+      from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
+      figures.learning_curves([workdir], os.path.join(workdir, 'learning_curves.png'))
+      logging.info('Checkpoints, metrics.jsonl, eval results, TensorBoard events and '
+                   'learning_curves.png are in %s.', workdir)
     return
   if mode in ('eval', 'visualize') or (mode == 'predict' and data_config.mean == 'pixel'):
     input_pipeline.check_store(data_config)  # one clear line, before anything compiles
@@ -206,10 +210,7 @@ def main(argv):
       jax.config.update('jax_num_cpu_devices', experiment.mesh.cpu_devices)
     distributed.initialize(experiment.processes)  # before anything touches a device
     shape = experiment.mesh_shape(jax.device_count())
-    mesh = parallel.make_mesh(shape)
-    logging.info('mode=%s mesh=%s devices=%d x %s', experiment.run.mode, shape,
-                 jax.device_count(), jax.devices()[0].device_kind)
-    run(experiment, mesh)
+    run(experiment, parallel.make_mesh(shape))
   except config.UserError as error:
     logging.debug('Traceback of the error below:', exc_info=True)  # --verbosity=1 shows it
     _fail(error)

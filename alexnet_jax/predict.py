@@ -7,10 +7,12 @@ import os
 import re
 from typing import Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
+from PIL import Image
 
 from alexnet_jax.config import UserError
 from alexnet_jax import evaluate as evaluate_lib
@@ -18,33 +20,78 @@ from alexnet_jax import parallel
 
 _NAMES_FILE = os.path.join(os.path.dirname(__file__), 'imagenet_class_names.txt')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+IMAGE_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP')  # what TensorFlow's decoders read
 _URL = re.compile(r'(https?|ftp)://', re.IGNORECASE)
+
+
+def unreadable(path: str) -> str | None:
+  """Why the image file at path cannot be classified ('is empty', ...), or None if it can.
+
+  Decoded whole by PIL first (a JPEG at 1/8 size: every scan, quickly): TensorFlow, handed
+  a file it cannot decode, logs its own error lines before raising.
+  """
+  if os.path.getsize(path) == 0:
+    return 'is empty (0 bytes)'
+  try:
+    with Image.open(path) as image:
+      if image.format not in IMAGE_FORMATS:
+        return (f'is a {image.format} image; --mode=predict reads '
+                f'{", ".join(IMAGE_FORMATS)}')
+      image.draft(image.mode, (image.width // 8, image.height // 8))  # JPEG only
+      image.load()
+  except Image.DecompressionBombError:
+    return None  # huge but whole: TensorFlow decodes it
+  except Image.UnidentifiedImageError:
+    return f'is not an image ({", ".join(IMAGE_FORMATS)})'
+  except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for damaged data
+    return f'is truncated or damaged ({error})'
+  return None
 
 
 def image_paths(arguments: Sequence[str]) -> list[str]:
   """The image files --image names: files as given, a directory's images in name order.
 
-  UserError for a URL (nothing is downloaded at run time), a missing path, or a
-  directory without images.
+  UserError for a URL (nothing is downloaded at run time), a missing path, a file that
+  is not a readable image (unreadable() says why), or a directory without readable
+  images. A directory's unreadable files are skipped with a warning each.
   """
   paths = []
   for argument in arguments:
     if _URL.match(argument):
       raise UserError(f'--image={argument} is a URL: download it first (e.g. curl -O '
-                             f'{argument}) and pass the file.')
+                      f'{argument}) and pass the file.')
     if os.path.isdir(argument):
-      found = sorted(os.path.join(argument, name) for name in os.listdir(argument)
-                     if name.lower().endswith(IMAGE_EXTENSIONS)
-                     and os.path.isfile(os.path.join(argument, name)))
-      if not found:
-        raise UserError(f'--image={argument} is a directory without image files '
-                               f'({", ".join(IMAGE_EXTENSIONS)}).')
-      paths += found
-    elif '://' in argument or os.path.isfile(argument):
+      paths += _directory_images(argument)
+    elif '://' in argument:
       paths.append(argument)  # another file system (gs://...) is read by tf.io.gfile
+    elif os.path.isfile(argument):
+      why = unreadable(argument)
+      if why:
+        raise UserError(f'--image={argument} {why}.')
+      paths.append(argument)
     else:
       raise UserError(f'no such image file: {argument}')
   return paths
+
+
+def _directory_images(directory: str) -> list[str]:
+  """The readable images of a directory, in name order; a warning for each other file."""
+  found = []
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+      continue
+    if not name.lower().endswith(IMAGE_EXTENSIONS):
+      continue  # a folder of photos may hold other files
+    why = unreadable(path)
+    if why:
+      logging.warning('Skipping %s: it %s.', path, why)
+      continue
+    found.append(path)
+  if not found:
+    raise UserError(f'--image={directory} is a directory without readable image files '
+                    f'({", ".join(IMAGE_EXTENSIONS)}).')
+  return found
 
 
 @functools.cache

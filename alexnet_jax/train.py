@@ -304,9 +304,6 @@ def train_and_evaluate(model_config: ModelConfig, data_config: DataConfig,
         started = time.time()
         save(done, {'top1': result['top1']} if evaluating else None)
         progress.paused(time.time() - started)  # the first save compiles its digests
-  if jax.process_index() == 0:
-    from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
-    figures.learning_curves([workdir], f'{workdir}/learning_curves.png')
   return result
 
 

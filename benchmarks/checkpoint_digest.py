@@ -25,11 +25,9 @@ sys.path.insert(0, ROOT)  # alexnet_jax, when run as a script from anywhere
 import jax  # pylint: disable=g-import-not-at-top
 
 from alexnet_jax import checkpoints  # pylint: disable=g-import-not-at-top
+from alexnet_jax import config as config_lib
 from alexnet_jax import integrity
-from alexnet_jax import model
-from alexnet_jax import optimizer
 from alexnet_jax import parallel
-from alexnet_jax import preprocess
 from alexnet_jax import train
 
 
@@ -45,12 +43,11 @@ def main() -> None:
   parser.add_argument('--image_size', type=int, default=227)
   parser.add_argument('--repeats', type=int, default=5)
   args = parser.parse_args()
-  config = model.ModelConfig(width=args.width, image_size=args.image_size)
-  mesh = parallel.make_mesh(parallel.MeshShape(1, 1), jax.devices()[:1])
-  trainer = train.Trainer(config, optimizer.OptimizerConfig(), mesh, batch_size=128,
-                          total_steps=1, normalizer=preprocess.Normalizer(preprocess.CHANNEL_MEAN),
-                          pca_std=0.0, seed=0)
-  state = jax.block_until_ready(trainer.init_state(jax.random.key(0)))
+  config = config_lib.ModelConfig(width=args.width, image_size=args.image_size)
+  config.validate()
+  mesh = parallel.make_mesh(config_lib.MeshShape(1, 1), jax.devices()[:1])
+  state = jax.block_until_ready(
+      train.init_state(config, config_lib.OptimizerConfig(), mesh, jax.random.key(0)))
   size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
   integrity.digests(state)  # compiled before timing
   with tempfile.TemporaryDirectory() as workdir:

@@ -105,7 +105,7 @@ def _config(args):
 
 def _start(name: str, argv: list[str]) -> subprocess.Popen:
   variant = VARIANTS[name]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  env = dict(os.environ)
   env['XLA_FLAGS'] = ' '.join(filter(None, [env.get('XLA_FLAGS', ''), variant.xla_flags]))
   return subprocess.Popen([sys.executable, os.path.abspath(__file__), f'--worker={name}', *argv],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)

@@ -55,7 +55,7 @@ class TowerLRN(nn.Module):
 
 def alexnet(config: config_lib.ModelConfig) -> nn.Sequential:
   """The net of `config` (paper crossings) as one PyTorch model over both towers."""
-  if tuple(config.crossings) != model_lib.PAPER_CROSSINGS:
+  if tuple(config.crossings) != config_lib.PAPER_CROSSINGS:
     raise ValueError('only the paper\'s crossings (conv3, fc6, fc7, fc8) are built here.')
   towers, layers = config.towers, []
   window, stride = model_lib.pool_window(config)

@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def environment(cpu_devices: int = 1, **extra: str | None) -> dict:
   """The subprocess environment; an extra variable set to None is removed."""
-  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2',
+  env = dict(os.environ, PYTHONPATH=ROOT,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={cpu_devices} '
                        '--xla_backend_optimization_level=0')
   env.update(extra)

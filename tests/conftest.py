@@ -10,7 +10,6 @@ import os
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8'
                            ' --xla_backend_optimization_level=0').strip()
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # The demo ImageNet fixture (`demo`), prepared once per session for every module.
 pytest_plugins = ['tests.conftest_data']

@@ -34,6 +34,11 @@ def _not_an_image(tmp_path):
   return str(path)
 
 
+def _empty_image(tmp_path):
+  (tmp_path / 'empty.jpg').write_bytes(b'')
+  return str(tmp_path / 'empty.jpg')
+
+
 def _empty_folder(tmp_path):
   (tmp_path / 'photos').mkdir()
   (tmp_path / 'photos' / 'readme.txt').write_text('no images here')
@@ -65,10 +70,13 @@ CASES = {
                       'is a URL: download it first'),
     'predict_a_folder_without_images': (
         lambda d, t, _: _train(d, t, mode='predict', image=_empty_folder(t)),
-        'is a directory without image files'),
+        'is a directory without readable image files'),
     'predict_a_file_that_is_no_image': (
         lambda d, t, _: _train(d, t, mode='predict', image=_not_an_image(t)),
-        'notes.jpg is not an image TensorFlow can decode'),
+        'notes.jpg is not an image (JPEG, PNG, GIF, BMP).'),
+    'predict_an_empty_file': (
+        lambda d, t, _: _train(d, t, mode='predict', image=_empty_image(t)),
+        'empty.jpg is empty (0 bytes).'),
     'truncated_train_tar': (
         lambda d, t, tars: _train(d, t, manual_dir=tars, data_dir=f'{t}/tfds'),
         f'{demo_data.TRAIN_TAR} in '),
@@ -80,6 +88,7 @@ CASES = {
 }
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 @pytest.mark.parametrize('name', CASES)
 def test_a_bad_input_is_one_line_before_anything_is_compiled(demo, truncated_tars, tmp_path,

@@ -1,8 +1,10 @@
 """The command line: summary output and bad flags that fail fast with a clear message."""
 
+import os
+
 import pytest
 
-from tests.cli import run_main
+from tests.cli import problems, run_main
 
 
 @pytest.mark.slow
@@ -36,6 +38,7 @@ def test_summary_reports_the_crossings_of_a_tower_mesh():
   assert conv3[5] == f'{3 * 3 * 16 * 4:,}'
 
 
+@pytest.mark.stderr
 @pytest.mark.parametrize('flags, message', [
     (['--towers=3'], 'towers must be 1 or 2'),
     (['--mesh=data:3,tower:1'], 'needs 3 devices but 2 are visible'),
@@ -51,3 +54,26 @@ def test_bad_flags_fail_fast_with_a_clear_message(flags, message):
   assert result.returncode != 0
   assert message in result.stderr, result.stderr
   assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.stderr
+def test_a_first_run_says_what_it_does_in_its_own_words_and_leaves_no_temporary_files(tmp_path):
+  """A quickstart-sized first run: demo tars written, TFDS preparation, store, training."""
+  temporary = tmp_path / 'tmp'
+  temporary.mkdir()
+  result = run_main('--mode=train', f'--workdir={tmp_path}/run', '--demo_data',
+                    f'--manual_dir={tmp_path}/manual', f'--data_dir={tmp_path}/tfds',
+                    '--train_split=train[:90%]', '--eval_split=train[90%:]', '--image_size=67',
+                    '--width=0.125', '--init=he', '--standardize', '--batch_size=32',
+                    '--num_train_steps=2', '--log_every_steps=1',
+                    env={'TMPDIR': str(temporary)})
+  assert result.returncode == 0, result.stderr
+  assert sorted(os.listdir(temporary)) == []
+  assert 'Download' not in result.stdout and 'Download' not in result.stderr  # nothing is
+  # The one warning: the demo's deliberately broken image.
+  [warning] = problems(result.stderr)
+  assert 'Skipping undecodable image' in warning, result.stderr
+  assert 'Preparing imagenet2012 from the tars in' in result.stderr
+  assert f'{tmp_path}/run' in result.stderr.splitlines()[-1]  # where the results went
+  assert os.path.getsize(tmp_path / 'run' / 'learning_curves.png') > 10_000  # main draws it

@@ -69,6 +69,7 @@ def straight_run(demo, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 def test_kill_9_resumes_from_the_newest_complete_checkpoint_exactly(demo, straight_run, tmp_path):
   killed_at = int(np.random.default_rng().integers(4, STEPS - 1))
@@ -92,6 +93,7 @@ def test_kill_9_resumes_from_the_newest_complete_checkpoint_exactly(demo, straig
       [straight[s] for s in range(max(saved) + 1, STEPS + 1)]
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 @pytest.mark.parametrize('signum, said', [(signal.SIGTERM, 'after SIGTERM; checkpoint saved'),
                                           (signal.SIGINT, 'after Ctrl-C; checkpoint saved')],
@@ -109,11 +111,11 @@ def test_sigterm_or_ctrl_c_saves_a_checkpoint_and_exits_cleanly(demo, tmp_path, 
   assert 'Traceback' not in stderr and 'KeyboardInterrupt' not in stderr
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 def test_eval_mode_reports_what_training_reported(demo, straight_run):
   # With TensorFlow's and orbax's defaults: nothing but its own INFO lines on stderr.
-  result = cli.run_main(*_flags(demo, straight_run, mode='eval'),
-                        env={'TF_CPP_MIN_LOG_LEVEL': None})
+  result = cli.run_main(*_flags(demo, straight_run, mode='eval'))
   assert result.returncode == 0, result.stderr
   assert cli.problems(result.stderr) == []
   records = [r for r in metrics.read_metrics(f'{straight_run}/metrics.jsonl') if 'top1' in r]
@@ -122,6 +124,7 @@ def test_eval_mode_reports_what_training_reported(demo, straight_run):
   assert f'at step {STEPS}' in result.stdout
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 def test_eval_skips_a_truncated_checkpoint_with_one_warning_and_nothing_else(demo, straight_run,
                                                                            tmp_path):
@@ -149,6 +152,7 @@ def test_eval_with_10_crops_writes_its_own_result_beside_the_1_crop_one(demo, st
   assert json.load(open(ten_crops))['crops'] == 10 and open(one_crop).read() == before
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 def test_predict_prints_top5_and_refuses_a_file_that_is_not_an_image(demo, straight_run,
                                                                       tmp_path):
@@ -165,6 +169,7 @@ def test_predict_prints_top5_and_refuses_a_file_that_is_not_an_image(demo, strai
   assert bad.returncode != 0 and 'notes.jpg' in bad.stderr and 'Traceback' not in bad.stderr
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 def test_eval_without_checkpoints_is_a_clear_error(demo, tmp_path):
   result = cli.run_main(*_flags(demo, tmp_path, mode='eval'))
@@ -172,6 +177,7 @@ def test_eval_without_checkpoints_is_a_clear_error(demo, tmp_path):
   assert 'no checkpoints' in result.stderr and 'Traceback' not in result.stderr
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_without_saving(demo, tmp_path):
   process = _start(_flags(demo, tmp_path, num_train_steps=1000, checkpoint_every_steps=1000,
@@ -186,6 +192,7 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(demo, tmp_path):
   assert 'Traceback' not in stderr
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 def test_a_second_training_on_a_workdir_in_use_stops_at_once_and_a_dead_holder_is_replaced(
     demo, tmp_path):
@@ -207,6 +214,7 @@ def test_a_second_training_on_a_workdir_in_use_stops_at_once_and_a_dead_holder_i
   assert (workdir / 'lock').read_text() == ''  # a clean exit empties it
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 def test_a_failed_background_save_stops_the_run_with_one_line_and_deletes_nothing(
     demo, tmp_path):
@@ -223,6 +231,7 @@ def test_a_failed_background_save_stops_the_run_with_one_line_and_deletes_nothin
   assert 50 <= max(_losses(tmp_path)) < 75
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 def test_training_in_a_read_only_workdir_stops_before_compiling(demo, tmp_path):
   workdir = tmp_path / 'read_only'
@@ -235,6 +244,7 @@ def test_training_in_a_read_only_workdir_stops_before_compiling(demo, tmp_path):
       'run writes its checkpoints, metrics or figures there. Choose a writable directory.']
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 def test_eval_in_a_read_only_workdir_prints_its_result_then_says_it_was_not_written(
     demo, straight_run, tmp_path):
@@ -250,6 +260,7 @@ def test_eval_in_a_read_only_workdir_prints_its_result_then_says_it_was_not_writ
   assert not os.path.exists(f'{workdir}/eval/train_90_step{STEPS}.json')
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 def test_a_torn_metrics_line_is_skipped_by_readers_and_dropped_on_resume(demo, straight_run,
                                                                          tmp_path):

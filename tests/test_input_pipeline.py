@@ -4,6 +4,7 @@ Tests of the stream (eval, determinism, resumption, processes) run on both input
 full-size images cropped on the host (store='none') and the stores of squares.
 """
 
+import ast
 import dataclasses
 import glob
 import io
@@ -26,6 +27,7 @@ from alexnet_jax.data import input_pipeline as ip
 from alexnet_jax import preprocess
 from alexnet_jax import synthetic_data
 from alexnet_jax.data import tfds_data
+from tests import cli
 from tests import stream
 from tests.conftest_data import IMAGE_SIZE, TRAIN_EXAMPLES
 
@@ -116,15 +118,14 @@ def test_sanitize_image_converts_cmyk_and_png_and_rejects_garbage():
   assert tfds_data.sanitize_image(b'not an image') is None
 
 
+@pytest.mark.stderr
 def test_a_broken_jpeg_is_rejected_without_tensorflow_logging_an_error(tmp_path):
-  from tests import cli  # pylint: disable=import-outside-toplevel
   good = _encode(np.full((40, 60, 3), 90, np.uint8), 'JPEG')
   broken = tmp_path / 'broken.JPEG'
   broken.write_bytes(good[:len(good) // 3])  # the demo's corrupt file: header intact
-  def run(code):  # TF's C++ level as main.py sets it: errors shown, INFO lines not
+  def run(code):
     return subprocess.run([sys.executable, '-c', code, str(broken)], cwd=cli.ROOT,
-                          env=cli.environment(TF_CPP_MIN_LOG_LEVEL='1'), capture_output=True,
-                          text=True, timeout=120)
+                          env=cli.environment(), capture_output=True, text=True, timeout=120)
   sanitized = run('import sys; from alexnet_jax.data import tfds_data; '
                   'print(tfds_data.sanitize_image(open(sys.argv[1], "rb").read()))')
   assert sanitized.stdout.strip() == 'None' and sanitized.stderr == ''
@@ -541,6 +542,36 @@ def test_only_the_data_package_imports_tensorflow():
   tensorflow = {'tensorflow', 'tensorflow_datasets', 'tf_keras', 'keras'}
   assert not tensorflow & set(loaded), sorted(tensorflow & set(loaded))
   assert 'tensorflow' in _modules_loaded_by('import alexnet_jax.data.input_pipeline')
+
+
+@pytest.mark.stderr
+def test_tensorflow_is_imported_in_one_place_and_every_other_module_takes_it_from_there():
+  """alexnet_jax/data/tensorflow_setup.py imports it quietly and sets it up; a module that
+  imported TensorFlow itself first would print its start-up lines (tensorflow_setup.py)."""
+  import alexnet_jax  # pylint: disable=import-outside-toplevel
+  package = os.path.dirname(alexnet_jax.__file__)
+  on_its_own = []
+  for path in glob.glob(os.path.join(package, '**', '*.py'), recursive=True):
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    tensorflow = {name for name in imported if name.split('.')[0] in ('tensorflow',
+                                                                        'tensorflow_datasets')}
+    set_up = any(isinstance(node, ast.ImportFrom)
+                 and node.module == 'alexnet_jax.data.tensorflow_setup' for node in tree.body)
+    if tensorflow and not set_up and not path.endswith('tensorflow_setup.py'):
+      on_its_own.append(os.path.relpath(path, package))
+  assert not on_its_own, on_its_own
+  code = 'import sys; from alexnet_jax.data.tensorflow_setup import tf; print("quiet", file=sys.stderr)'
+  for onednn in ('0', '1'):
+    result = subprocess.run([sys.executable, '-c', code], cwd=cli.ROOT, capture_output=True,
+                            text=True, timeout=120,
+                            env=cli.environment(TF_ENABLE_ONEDNN_OPTS=onednn,
+                                                TF_CPP_MIN_LOG_LEVEL='0'))
+    assert result.returncode == 0 and result.stderr == 'quiet\n', result.stderr
 
 
 def test_the_config_and_its_flags_load_neither_orbax_nor_tensorflow():

@@ -123,6 +123,7 @@ def test_tpu_runs_gcloud_with_a_command_that_survives_the_remote_shell(tmp_path)
   assert shlex.split(_launch(*args, '--dry-run').stdout) == ['gcloud', *argv]
 
 
+@pytest.mark.stderr
 def test_local_starts_processes_that_find_each_other_and_forwards_sigterm(tmp_path):
   """With a stand-in python that logs how it was started and exits 3 x its id on SIGTERM."""
   python = tmp_path / 'venv' / 'bin' / 'python'
@@ -156,6 +157,7 @@ while true; do sleep 0.05; done
   assert 'process 1 exited with status 3' in stderr and 'process 0' not in stderr
 
 
+@pytest.mark.stderr
 @pytest.mark.parametrize('args, message', [
     (('slurm', 'experiments/paper.flags', '--gpus-per-node', '8'), '--nodes'),
     (('slurm', 'experiments/paper.flags', '--nodes', '2'), '--gpus-per-node'),
@@ -168,3 +170,23 @@ def test_missing_or_bad_arguments_are_refused(args, message):
   result = _launch(*args)
   assert result.returncode == 2
   assert message in result.stderr
+
+
+@pytest.mark.parametrize('args, pytest_args', [
+    ((), ['tests']),
+    (('--fast',), ['tests', '-m', 'not slow']),
+    (('-k', 'lrn'), ['tests', '-k', 'lrn']),
+    (('tests/test_model.py',), ['tests/test_model.py']),
+    (('--fast', 'tests/test_model.py::test_lrn_does_not_mix_towers', '-x'),
+     ['-m', 'not slow', 'tests/test_model.py::test_lrn_does_not_mix_towers', '-x']),
+])
+def test_test_runs_the_suite_or_the_tests_its_arguments_name(tmp_path, args, pytest_args):
+  """With a stand-in python that prints the arguments it gets."""
+  python = tmp_path / 'venv' / 'bin' / 'python'
+  python.parent.mkdir(parents=True)
+  python.write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+  python.chmod(0o755)
+  result = subprocess.run([LAUNCH, 'test', *args], capture_output=True, text=True, timeout=60,
+                          cwd=cli.ROOT, env={**os.environ, 'ALEXNET_VENV': str(tmp_path / 'venv')})
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines() == ['-m', 'pytest', '-q', *pytest_args]

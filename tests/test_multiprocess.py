@@ -46,7 +46,7 @@ def _flagfile(demo, path):
 
 def _launch(flagfile, *args):
   """./launch.sh local FLAGFILE --processes 2 ARGS, in the background."""
-  env = dict(os.environ, ALEXNET_VENV=sys.prefix, TF_CPP_MIN_LOG_LEVEL='2',
+  env = dict(os.environ, ALEXNET_VENV=sys.prefix,
              XLA_FLAGS='--xla_backend_optimization_level=0')
   return subprocess.Popen([os.path.join(cli.ROOT, 'launch.sh'), 'local', flagfile,
                            '--processes', '2', *args],
@@ -150,6 +150,7 @@ def one_process(demo, preempted, stop_step, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_one_step_and_saves_it(preempted, stop_step):
   workdir, stderr, _ = preempted
@@ -198,6 +199,7 @@ def test_their_checkpoint_restores_in_one_process_and_evaluates_the_same(
   assert restored['loss'] == pytest.approx(expected['eval_loss'], rel=1e-5)
 
 
+@pytest.mark.stderr
 @pytest.mark.slow
 @pytest.mark.parametrize('killed', [0, 1])  # 0 also runs the coordination service
 def test_a_killed_process_stops_the_other_with_an_error(demo, tmp_path, killed):

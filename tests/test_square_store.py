@@ -260,6 +260,7 @@ def test_preparing_twice_changes_nothing(own_store):
   assert snapshot() == before
 
 
+@pytest.mark.stderr
 def test_eval_without_the_store_is_one_line_before_compiling_and_its_command_prepares_it(
     demo, tmp_path, capsys):
   data_dir = _copy_source(demo, str(tmp_path))
@@ -275,7 +276,7 @@ def test_eval_without_the_store_is_one_line_before_compiling_and_its_command_pre
   # missing checkpoint is not what it reports.
   assert 'checkpoint' not in result.stderr.lower()
   command = re.search(r'Prepare it with: (python -m alexnet_jax\.data\.square_store [^(]*) \(', last)[1]
-  env = dict(os.environ, PYTHONPATH=cli.ROOT, TF_CPP_MIN_LOG_LEVEL='2')
+  env = dict(os.environ, PYTHONPATH=cli.ROOT)
   prepared = subprocess.run([sys.executable, *command.split()[1:]], cwd=cli.ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
   assert prepared.returncode == 0, prepared.stderr

@@ -119,7 +119,6 @@ def test_a_short_run_learns_and_leaves_its_files(uninterrupted):
   assert np.mean([losses[5], losses[6]]) < np.mean([losses[1], losses[2]])
   assert result['num_examples'] == 10 and 0 <= result['top1'] <= result['top5'] <= 1
   assert json.load(open(f'{workdir}/eval/train_90_step6.json'))['top1'] == result['top1']
-  assert os.path.getsize(f'{workdir}/learning_curves.png') > 10_000
   assert glob.glob(f'{workdir}/tensorboard/events.out.tfevents.*')
   assert glob.glob(f'{workdir}/profile/plugins/profile/*/*.xplane.pb')  # --profile_steps
   # Checkpoints: the newest three plus the best by top-1 (eval at 3 and 6).

@@ -181,6 +181,7 @@ def test_figure_2_is_written_and_draws_the_numbers_of_layer_specs(tmp_path, conf
   assert crossings == crossing_bytes
 
 
+@pytest.mark.stderr
 def test_bad_flags_fail_with_one_line_and_write_nothing(tmp_path):
   result = run_main('--image_size=20', module=MODULE, cwd=str(tmp_path), timeout=60)
   assert result.returncode != 0

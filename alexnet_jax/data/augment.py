@@ -19,9 +19,9 @@ random choice is a stateless op of the seed it is given.
 
 from __future__ import annotations
 
-import tensorflow as tf
 
 from alexnet_jax.config import DataConfig
+from alexnet_jax.data.tensorflow_setup import tf
 
 # Decode the JPEG at 1/r of its size (libjpeg's DCT scaling, nearly free) when the square
 # is at least r times the size it is resized to: small nets read large images cheaply.

@@ -42,8 +42,6 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 from absl import logging
 import jax
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from alexnet_jax import device_augment
 from alexnet_jax import parallel
@@ -54,6 +52,7 @@ from alexnet_jax.data import demo_data
 from alexnet_jax.data import square_store
 from alexnet_jax.data import store_reader
 from alexnet_jax.data import tfds_data
+from alexnet_jax.data.tensorflow_setup import tf, tfds
 
 AUTOTUNE = tf.data.AUTOTUNE
 

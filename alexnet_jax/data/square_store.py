@@ -40,12 +40,11 @@ import time
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from alexnet_jax.config import DataConfig, UserError
 from alexnet_jax.data import augment
 from alexnet_jax.data import tfds_data
+from alexnet_jax.data.tensorflow_setup import tf, tfds
 
 NAME = 'alexnet_squares'
 VERSION = '1.0.0'
@@ -231,7 +230,7 @@ class _Progress:
                  time.strftime('%H:%M:%S', time.gmtime(eta)) if eta < 8.64e5 else '?')
 
 
-class _SquareStore(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _SquareStore(tfds_data.OwnWords, tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """The squares of every split of the source; one config per (source, R, encoding)."""
 
   VERSION = tfds.core.Version(VERSION)
@@ -337,7 +336,7 @@ def prepare(cfg: DataConfig) -> dict | None:
   class AlexnetSquares(_SquareStore, skip_registration=True):  # TFDS's name: alexnet_squares
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=config_name(cfg))]
 
-  builder = AlexnetSquares(cfg)
+  builder = tfds_data.construct(AlexnetSquares, cfg)
   logging.info('Preparing the %s store of %s (%dx%d squares) in %s', cfg.store, cfg.dataset,
                cfg.resize_size, cfg.resize_size, store_dir(cfg))
   # TFDS holds up to 1 GB of examples in Python objects while it writes, which sets off

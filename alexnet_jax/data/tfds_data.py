@@ -9,21 +9,22 @@ run never meets them. Any other TFDS dataset is prepared by its own builder.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
 import sys
 import tarfile
+import tempfile
 import time
 
 from absl import logging
 from PIL import Image
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from alexnet_jax.config import DataConfig, UserError
 from alexnet_jax.data import augment
 from alexnet_jax.data import demo_data
+from alexnet_jax.data.tensorflow_setup import tf, tfds
 
 IMAGENET = 'imagenet2012'
 IMAGENET_TARS = (demo_data.TRAIN_TAR, demo_data.VAL_TAR)
@@ -35,31 +36,6 @@ class MissingDataError(UserError, FileNotFoundError):
 
 class BrokenTarError(UserError):
   """An ImageNet tar ends early or holds something that is not a tar."""
-
-
-def _pool_tf_host_memory() -> None:
-  """TF's own pool (BFC) for its host tensors, unless the user chose otherwise.
-
-  TF's default CPU allocator hands large buffers back to the OS when they are freed, so
-  every decoded square and every batch is faulted in afresh: here that cost a quarter
-  of the JPEG store's reading time. TF reads this at its first allocation.
-  """
-  os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')
-
-
-_pool_tf_host_memory()
-
-
-def _hide_accelerators_from_tf() -> None:
-  """tf.data never touches the accelerator; a full TF would otherwise grab its memory."""
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-    tf.config.set_visible_devices([], 'TPU')
-  except (RuntimeError, ValueError):
-    pass  # TF already initialized its devices, or has no such device type
-
-
-_hide_accelerators_from_tf()
 
 
 def _decodes_in_pil(data: bytes) -> bool:
@@ -97,11 +73,47 @@ def sanitize_image(data: bytes) -> bytes | None:
     return None
 
 
+class OwnWords:
+  """A mixin for this project's TFDS builders: TFDS's own lines about the preparation unsaid.
+
+  TFDS prints "Downloading and preparing dataset Unknown size (download: Unknown size, ...)"
+  and "Dataset ... downloaded and prepared" to stdout, though nothing is downloaded here:
+  the callers log what they prepare in their own words instead.
+  """
+
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _temporary_directory_removed_after():
+  """Builds a TFDS builder with a temporary directory that is removed after.
+
+  A builder of a dataset not prepared yet makes an empty temporary folder (for metadata on
+  GCS, which is never read here) and leaves it behind: one per builder, every run.
+  """
+  with tempfile.TemporaryDirectory(prefix='alexnet_jax_tfds_') as scratch:
+    previous, tempfile.tempdir = tempfile.tempdir, scratch
+    try:
+      yield
+    finally:
+      tempfile.tempdir = previous
+
+
+def construct(builder_class, *args, **kwargs) -> tfds.core.DatasetBuilder:
+  """builder_class(*args, **kwargs), leaving nothing in the system temporary directory."""
+  with _temporary_directory_removed_after():
+    return builder_class(*args, **kwargs)
+
+
 def _imagenet_builder_cls():
   """TFDS's imagenet2012 builder with every image sanitized; writes the same dataset."""
   from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder as stock  # pylint: disable=import-outside-toplevel
 
-  class Imagenet2012(stock.Builder, skip_registration=True):
+  class Imagenet2012(OwnWords, stock.Builder, skip_registration=True):
     """Same name, version and features as the stock builder: stock TFDS reads the result."""
     name = IMAGENET
     pkg_dir_path = stock.Builder._get_pkg_dir_path()  # pylint: disable=protected-access
@@ -139,7 +151,7 @@ def _imagenet_builder_cls():
 
 def tfds_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
   """The one place a TFDS builder is opened (prepared or not: the facts before and after)."""
-  return tfds.builder(cfg.dataset, data_dir=cfg.data_dir)
+  return construct(tfds.builder, cfg.dataset, data_dir=cfg.data_dir)
 
 
 def is_prepared(builder) -> bool:
@@ -182,7 +194,9 @@ def prepare(cfg: DataConfig) -> list[str]:
   if cfg.dataset != IMAGENET:
     tfds_builder(cfg).download_and_prepare()
     return []
-  builder = _imagenet_builder_cls()(data_dir=cfg.data_dir, tars_dir=cfg.manual_dir)
+  builder = construct(_imagenet_builder_cls(), data_dir=cfg.data_dir, tars_dir=cfg.manual_dir)
+  logging.info('Preparing %s from the tars in %s with TFDS (offline, once) into %s ...',
+               IMAGENET, cfg.manual_dir, builder.data_dir)
   start = time.time()
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=cfg.manual_dir))
