@@ -15,6 +15,8 @@ import math
 import os
 import re
 
+from alexnet_jax import geometry
+
 
 class UserError(ValueError):
   """Something the user can fix (a flag, a file, a dataset): one line, no traceback."""
@@ -62,8 +64,7 @@ class ModelConfig:
     if not set(self.crossings) <= set(CROSSABLE) or 'fc8' not in self.crossings:
       raise UserError(f'--crossings must name layers among {list(CROSSABLE)} and include fc8 '
                       f'(the classifier reads both towers), got {",".join(self.crossings)}.')
-    from alexnet_jax import model  # the layer table decides; model imports only flax and jax
-    smallest = model.smallest_image_size(self)
+    smallest = geometry.smallest_image_size(self)
     if self.image_size < smallest:
       raise UserError(f'--image_size={self.image_size} is too small: the feature map '
                       f'vanishes before fc6. Use at least {smallest}.')

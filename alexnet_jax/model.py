@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from alexnet_jax import geometry
 from alexnet_jax.config import ModelConfig
 
 # The paper's whole-net widths. The one-GPU ablation (footnote 2) halves conv1..conv4
@@ -63,35 +64,10 @@ def _channels(config: ModelConfig, layer: str) -> int:
   return max(1, round(per_tower * config.width))
 
 
-def pool_window(config: ModelConfig) -> tuple[int, int]:
-  """(window, stride) of every max-pool: overlapping 3/2 (paper) or 2/2."""
-  return (3, 2) if config.overlapping_pool else (2, 2)
-
-
-def _pooled(size: int, config: ModelConfig) -> int:
-  window, stride = pool_window(config)
-  return (size - window) // stride + 1
-
-
-def smallest_image_size(config: ModelConfig) -> int:
-  """The smallest input for which conv5's pooled feature map is still 1x1."""
-  size = 11
-  while layer_specs(dataclasses.replace(config, image_size=size))[4].out_size < 1:
-    size += 1
-  return size
-
-
 def layer_specs(config: ModelConfig) -> list[LayerSpec]:
   """The paper's layer table for this configuration; the model is built from it."""
   towers = config.towers
-  # conv1: stride 4, no padding on the left; like cuda-convnet, the output has
-  # 1 + ceil((S - 11) / 4) positions, so 227 is exact and 224 gets 3 pixels of
-  # zero padding on the bottom/right: both give 55.
-  conv1_size = 1 + -(-(config.image_size - 11) // 4)
-  conv1_pad = (conv1_size - 1) * 4 + 11 - config.image_size
-  size1 = _pooled(conv1_size, config)
-  size2 = _pooled(size1, config)
-  size5 = _pooled(size2, config)
+  sizes = geometry.feature_maps(config)
 
   def reads(name: str, own: int) -> tuple[int, bool]:
     crosses = name in config.crossings and towers > 1
@@ -99,22 +75,24 @@ def layer_specs(config: ModelConfig) -> list[LayerSpec]:
 
   specs = []
   previous = 3
-  geometry = {
-      'conv1': dict(kernel=11, stride=4, padding=((0, conv1_pad), (0, conv1_pad)),
-                    conv_size=conv1_size, lrn=config.lrn, pool=True, out_size=size1),
-      'conv2': dict(kernel=5, padding=((2, 2), (2, 2)), conv_size=size1, lrn=config.lrn,
-                    pool=True, out_size=size2),
-      'conv3': dict(kernel=3, padding=((1, 1), (1, 1)), conv_size=size2, out_size=size2),
-      'conv4': dict(kernel=3, padding=((1, 1), (1, 1)), conv_size=size2, out_size=size2),
-      'conv5': dict(kernel=3, padding=((1, 1), (1, 1)), conv_size=size2, pool=True,
-                    out_size=size5),
+  layout = {
+      'conv1': dict(kernel=11, stride=4, padding=((0, sizes.conv1_pad),) * 2,
+                    conv_size=sizes.conv1, lrn=config.lrn, pool=True, out_size=sizes.pool1),
+      'conv2': dict(kernel=5, padding=((2, 2), (2, 2)), conv_size=sizes.pool1, lrn=config.lrn,
+                    pool=True, out_size=sizes.pool2),
+      'conv3': dict(kernel=3, padding=((1, 1), (1, 1)), conv_size=sizes.pool2,
+                    out_size=sizes.pool2),
+      'conv4': dict(kernel=3, padding=((1, 1), (1, 1)), conv_size=sizes.pool2,
+                    out_size=sizes.pool2),
+      'conv5': dict(kernel=3, padding=((1, 1), (1, 1)), conv_size=sizes.pool2, pool=True,
+                    out_size=sizes.pool5),
       'fc6': dict(dropout=True),
       'fc7': dict(dropout=True),
   }
-  for name, geo in geometry.items():
+  for name, geo in layout.items():
     features = _channels(config, name)
     if name == 'fc6':
-      previous *= max(size5, 0) ** 2
+      previous *= max(sizes.pool5, 0) ** 2
     in_features, crosses = reads(name, previous)
     if name == 'conv1':
       in_features, crosses = 3, False  # every tower sees the whole image
@@ -144,7 +122,7 @@ def local_response_norm(x: jax.Array) -> jax.Array:
 
 
 def max_pool(x: jax.Array, config: ModelConfig) -> jax.Array:
-  window, stride = pool_window(config)
+  window, stride = geometry.pool_window(config)
   return nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
 
 

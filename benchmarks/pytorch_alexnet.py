@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from alexnet_jax import config as config_lib
+from alexnet_jax import geometry  # pylint: disable=wrong-import-position
 from alexnet_jax import model as model_lib  # pylint: disable=wrong-import-position
 from alexnet_jax import preprocess  # pylint: disable=wrong-import-position
 
@@ -58,7 +59,7 @@ def alexnet(config: config_lib.ModelConfig) -> nn.Sequential:
   if tuple(config.crossings) != config_lib.PAPER_CROSSINGS:
     raise ValueError('only the paper\'s crossings (conv3, fc6, fc7, fc8) are built here.')
   towers, layers = config.towers, []
-  window, stride = model_lib.pool_window(config)
+  window, stride = geometry.pool_window(config)
   for spec in model_lib.layer_specs(config):
     grouped = not spec.crosses and spec.name != 'conv1'
     groups = towers if grouped else 1

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import config as config_lib
+from alexnet_jax import geometry
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from tests import reference
@@ -130,7 +131,7 @@ def test_bad_configs_are_refused(bad, message):
 
 
 def test_smallest_image_size():
-  config = dataclasses.replace(PAPER, image_size=model_lib.smallest_image_size(PAPER))
+  config = dataclasses.replace(PAPER, image_size=geometry.smallest_image_size(PAPER))
   config.validate()
   assert model_lib.layer_specs(config)[4].out_size == 1
   with pytest.raises(ValueError):

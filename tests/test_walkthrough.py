@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import config as config_lib
+from alexnet_jax import geometry
 from alexnet_jax import model as model_lib
 from alexnet_jax.tools import summary
 from alexnet_jax.tools import tower_figure
@@ -145,7 +146,7 @@ def _expected_numbers(spec, config) -> list[int]:
     numbers += [before] if before == after else [before, after]
     numbers += [spec.conv_size, spec.conv_size, spec.features]
     if spec.pool:
-      window, stride = model_lib.pool_window(config)
+      window, stride = geometry.pool_window(config)
       numbers += [window, window, stride, spec.out_size, spec.out_size, spec.features]
     return numbers
   if spec.name == 'fc8':
@@ -187,7 +188,7 @@ def test_bad_flags_fail_with_one_line_and_write_nothing(tmp_path):
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [
       f'python -m {MODULE}: error: --image_size=20 is too small: the feature map vanishes '
-      f'before fc6. Use at least {model_lib.smallest_image_size(PAPER)}.']
+      f'before fc6. Use at least {geometry.smallest_image_size(PAPER)}.']
   assert not os.listdir(tmp_path)
   (tmp_path / 'file').write_text('')
   result = run_main('--out=file/WALKTHROUGH.md', module=MODULE, cwd=str(tmp_path),

@@ -17,6 +17,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib import patches  # pylint: disable=g-import-not-at-top
 
+from alexnet_jax import geometry
 from alexnet_jax import model as model_lib
 from alexnet_jax.config import ModelConfig
 
@@ -53,7 +54,7 @@ def layer_text(spec: model_lib.LayerSpec, config: ModelConfig) -> str:
              f'stride {spec.stride}, pad {pad}', f'→ {_shape(spec.conv_size, spec.features)}',
              'ReLU' + (', LRN' if spec.lrn else '')]
     if spec.pool:
-      window, stride = model_lib.pool_window(config)
+      window, stride = geometry.pool_window(config)
       lines += [f'max-pool {window}×{window} /{stride}',
                 f'→ {_shape(spec.out_size, spec.features)}']
     return '\n'.join(lines)

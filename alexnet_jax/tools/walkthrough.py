@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from alexnet_jax import config as config_lib
+from alexnet_jax import geometry
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from alexnet_jax import train
@@ -92,7 +93,7 @@ def conv_side(spec: model_lib.LayerSpec, size: int) -> tuple[str, int]:
 
 
 def pool_side(size: int, config: config_lib.ModelConfig) -> tuple[str, int]:
-  window, stride = model_lib.pool_window(config)
+  window, stride = geometry.pool_window(config)
   return output_side(size, window, stride)
 
 
@@ -135,7 +136,7 @@ def _glance(config) -> list[str]:
 
 
 def _formula(config) -> list[str]:
-  window, stride = model_lib.pool_window(config)
+  window, stride = geometry.pool_window(config)
   return [
       '## The one formula', '',
       'A window of side K (a kernel or a pooling window) that moves S pixels at a time over '
@@ -287,7 +288,7 @@ def _hidden_layer(spec, side, config) -> list[str]:
                  '(see [Local response normalization](#local-response-normalization)); the '
                  'shape stays.')
   if spec.pool:
-    window, stride = model_lib.pool_window(config)
+    window, stride = geometry.pool_window(config)
     text, _ = pool_side(spec.conv_size, config)
     lines.append(f'- **Max-pool** {window}×{window}, stride {stride}: side {text}; '
                  f'{_shape(spec.out_size, spec.features)} per tower, '
@@ -304,8 +305,8 @@ def _hidden_layer(spec, side, config) -> list[str]:
 def _pooling(config) -> list[str]:
   paper = dataclasses.replace(config, overlapping_pool=True)
   ablation = dataclasses.replace(config, overlapping_pool=False)
-  window, stride = model_lib.pool_window(paper)
-  small_window, small_stride = model_lib.pool_window(ablation)
+  window, stride = geometry.pool_window(paper)
+  small_window, small_stride = geometry.pool_window(ablation)
   sides = lambda c: ', '.join(str(s.out_size) for s in model_lib.layer_specs(c) if s.pool)
   conv1, conv2 = model_lib.layer_specs(paper)[:2]
   ablation_text, _ = output_side(conv1.conv_size, small_window, small_stride)
