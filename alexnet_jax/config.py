@@ -22,8 +22,8 @@ class UserError(ValueError):
   """Something the user can fix (a flag, a file, a dataset): one line, no traceback."""
 
 
-MODES = ('train', 'eval', 'predict', 'summary', 'benchmark', 'visualize')
-DATA_MODES = ('train', 'eval', 'predict', 'visualize')   # the modes that read a dataset
+MODES = ('train', 'eval', 'predict', 'summary', 'benchmark', 'visualize', 'prepare')
+DATA_MODES = ('train', 'eval', 'predict', 'visualize')   # the modes that read a workdir's run
 
 
 # ----------------------------------------------------------------------------------
@@ -314,15 +314,31 @@ class RunConfig:
       raise UserError('--mode=predict needs --image=FILE[,FILE...].')
 
 
+BENCHMARKS = ('step', 'input')
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchmarkConfig:
-  benchmark_steps: int = 10             # steps per timed window
+  benchmark: str = 'step'               # 'step': the training step; 'input': the input pipeline
+  benchmark_steps: int = 10             # step: steps per timed window
   benchmark_repeats: int = 5            # timed windows (the median is reported)
-  peak_tflops: float | None = None      # the device's peak for MFU (default: a table)
+  peak_tflops: float | None = None      # step: the device's peak for MFU (default: a table)
+  benchmark_stores: tuple[str, ...] = ('none', 'jpeg', 'raw')  # input: compared side by side
+  benchmark_seconds: float = 10.0       # input: seconds per timed window
+  benchmark_quiet: float = 0.0          # input: wait until the CPUs are this idle (0: never)
+  benchmark_photos: int = 250           # input without --data_dir: photos written per class
 
   def validate(self) -> None:
-    if min(self.benchmark_steps, self.benchmark_repeats) < 1:
-      raise UserError('--benchmark_steps and --benchmark_repeats must be at least 1.')
+    _one_of('benchmark', self.benchmark, BENCHMARKS)
+    if min(self.benchmark_steps, self.benchmark_repeats, self.benchmark_photos) < 1:
+      raise UserError('--benchmark_steps, --benchmark_repeats and --benchmark_photos must be '
+                      'at least 1.')
+    wrong = [store for store in self.benchmark_stores if store not in STORES]
+    if wrong or not self.benchmark_stores:
+      raise UserError(f'--benchmark_stores must name stores among {", ".join(STORES)}, got '
+                      f'{",".join(self.benchmark_stores)!r}.')
+    if not self.benchmark_seconds > 0 or not 0 <= self.benchmark_quiet <= 1:
+      raise UserError('--benchmark_seconds must be positive and --benchmark_quiet in 0..1.')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,15 +40,20 @@ def make_eval_step(model_config, mesh, normalizer) -> Callable:
   @jax.jit
   def eval_step(params, batch):
     log_probs = crop_log_probabilities(forward, params, batch['images'], normalizer)
-    labels, mask = batch['labels'], batch['mask']
-    top5 = jax.lax.top_k(log_probs, min(5, log_probs.shape[-1]))[1]
-    hit1 = (top5[:, 0] == labels) & mask
-    hit5 = jnp.any(top5 == labels[:, None], axis=-1) & mask
-    nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
-    return {'correct1': hit1.sum(), 'correct5': hit5.sum(),
-            'loss': jnp.where(mask, nll, 0.0).sum(), 'examples': mask.sum()}
+    return counts(log_probs, batch['labels'], batch['mask'])
 
   return eval_step
+
+
+def counts(log_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict:
+  """Sums over a batch's real examples (mask True): correct top-1, correct top-5 (the label
+  among the 5 most probable classes), the loss, the examples."""
+  top5 = jax.lax.top_k(log_probs, min(5, log_probs.shape[-1]))[1]
+  hit1 = (top5[:, 0] == labels) & mask
+  hit5 = jnp.any(top5 == labels[:, None], axis=-1) & mask
+  nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+  return {'correct1': hit1.sum(), 'correct5': hit5.sum(),
+          'loss': jnp.where(mask, nll, 0.0).sum(), 'examples': mask.sum()}
 
 
 def evaluate(eval_step, params, batches: Iterable[dict]) -> dict:
@@ -65,15 +70,6 @@ def evaluate(eval_step, params, batches: Iterable[dict]) -> dict:
   return {'top1': float(totals['correct1']) / examples,
           'top5': float(totals['correct5']) / examples,
           'loss': float(totals['loss']) / examples, 'num_examples': examples}
-
-
-def evaluate_split(eval_step, params, data_config, global_batch: int, mesh) -> dict:
-  """Evaluates data_config.eval_split through the input pipeline; adds the crop count."""
-  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
-  batches = input_pipeline.eval_batches(data_config, global_batch, mesh)
-  with jax.set_mesh(mesh):
-    result = evaluate(eval_step, params, batches)
-  return dict(result, crops=data_config.eval_crops)
 
 
 def result_path(workdir: str, split: str, step: int, crops: int = 1) -> str:

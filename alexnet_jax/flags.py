@@ -33,14 +33,17 @@ CONFIGS = {
     config.TrainConfig: ('batch_size', 'num_epochs', 'num_train_steps', 'eval_every_steps',
                          'checkpoint_every_steps', 'log_every_steps', 'keep_checkpoints',
                          'eval_batch_size', 'profile_steps', 'seed', 'allow_batch_change'),
-    config.BenchmarkConfig: ('benchmark_steps', 'benchmark_repeats', 'peak_tflops'),
+    config.BenchmarkConfig: ('benchmark', 'benchmark_steps', 'benchmark_repeats', 'peak_tflops',
+                             'benchmark_stores', 'benchmark_seconds', 'benchmark_quiet',
+                             'benchmark_photos'),
     config.VisualizeConfig: ('queries', 'neighbours', 'max_train_images', 'figures_dir',
                              'results', 'runs', 'results_path', 'curves_path',
                              'results_note'),
 }
 
 HELP = {
-    'mode': 'What to do.',
+    'mode': 'What to do (prepare: write the demo tars with --demo_data, prepare the TFDS '
+            'dataset and the store of squares, then stop).',
     'workdir': 'Directory for everything a run writes.',
     'checkpoint_step': 'eval/predict/visualize: this step (default: the newest).',
     'image': 'predict: image files.',
@@ -109,9 +112,17 @@ HELP = {
                           'continues after the examples it has seen (without this flag such '
                           'a resume is refused, since counting steps would replay or skip '
                           'data).',
+    'benchmark': '--mode=benchmark: step (the training step on synthetic batches) or input '
+                 '(the input pipeline, images per CPU-second).',
     'benchmark_steps': 'Steps per timed window.',
     'benchmark_repeats': 'Timed windows (median taken).',
     'peak_tflops': 'Device peak for MFU (default: a table of known chips).',
+    'benchmark_stores': '--benchmark=input: the inputs compared side by side (none, jpeg, raw).',
+    'benchmark_seconds': '--benchmark=input: seconds per timed window.',
+    'benchmark_quiet': '--benchmark=input: before each window, wait (up to 2 min) until the '
+                       'CPUs are less busy than this fraction (0.1: idle); 0: never.',
+    'benchmark_photos': '--benchmark=input without --data_dir: photo-like JPEGs per class '
+                        '(8 classes, 500x375) written to a temporary folder and read.',
     'queries': 'Figure 4: query images, the first of --eval_split.',
     'neighbours': 'Figure 4: training images per query (paper: 6).',
     'max_train_images': 'Figure 4: search the first N images of --train_split (time; memory '
@@ -128,7 +139,8 @@ HELP = {
 # Flags whose values are a fixed set (the rest take their type from the default).
 ENUMS = {'mode': config.MODES, 'dtype': config.DTYPES, 'init': config.INIT_SCHEMES,
          'distributed': config.DISTRIBUTED_MODES, 'augment': config.AUGMENTS,
-         'mean': config.MEANS, 'store': config.STORES, 'schedule': config.SCHEDULES}
+         'mean': config.MEANS, 'store': config.STORES, 'schedule': config.SCHEDULES,
+         'benchmark': config.BENCHMARKS}
 # Flags with no default of their own type (None) and the type they take.
 TYPES = {'workdir': str, 'checkpoint_step': int, 'mesh': str, 'cpu_devices': int,
          'coordinator_address': str, 'num_processes': int, 'process_id': int,

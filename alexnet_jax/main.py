@@ -1,7 +1,10 @@
 """The one entry point: python -m alexnet_jax.main --flagfile=experiments/NAME.flags.
 
 Flags -> one Experiment (config.py), checked before anything is compiled or read ->
-jax.distributed and the mesh -> the mode. Only this module reads the flags.
+jax.distributed and the mesh -> the mode's handler (MODES). Only this module reads the
+flags. The handlers of the modes that read data import alexnet_jax.data when they run:
+TensorFlow takes seconds to load, which --help, a bad flag, summary and the step
+benchmark do not wait for (and the GPU machines' synthetic runs do not need).
 """
 
 from __future__ import annotations
@@ -18,12 +21,18 @@ import jax
 
 from alexnet_jax import config
 from alexnet_jax import distributed
+from alexnet_jax import evaluate
 from alexnet_jax import flags as flag_definitions
 from alexnet_jax import parallel
 from alexnet_jax import preflight
 from alexnet_jax import predict
+from alexnet_jax import train
 from alexnet_jax import workdir_lock
 from alexnet_jax import writable
+from alexnet_jax.tools import benchmark
+from alexnet_jax.tools import figures
+from alexnet_jax.tools import results
+from alexnet_jax.tools import summary
 
 # Warnings every read-only checkpoint open (eval, predict) and every imagenet2012
 # preparation (there is no test tar) would print.
@@ -81,109 +90,173 @@ def _without_abandoned_reads(hook):
   return filtered
 
 
-def _write_demo_data(manual_dir: str) -> None:
+# ----------------------------------------------------------------------------------
+# The modes.
+
+
+def _begin(experiment: config.Experiment, mesh, batch: int, training: bool,
+           crops: int = 1) -> None:
+  """Logs what runs where; DoesNotFitError, before any compile, if the devices cannot hold
+  `batch` images (x crops) of a training step or an evaluation."""
+  logging.info('mode=%s mesh=%s devices=%d x %s', experiment.run.mode,
+               config.MeshShape(**mesh.shape), jax.device_count(), jax.devices()[0].device_kind)
+  preflight.check(experiment.model, experiment.optimizer, mesh, batch, training=training,
+                  crops=crops)
+
+
+def _demo_tars(data_config: config.DataConfig) -> None:
+  """With --demo_data: the demo ImageNet tars in --manual_dir, written if missing."""
   from alexnet_jax.data import demo_data  # pylint: disable=import-outside-toplevel
-  if not all(os.path.exists(os.path.join(manual_dir, name))
-             for name in (demo_data.TRAIN_TAR, demo_data.VAL_TAR)):
-    logging.info('Writing the demo ImageNet tars into %s', manual_dir)
-    demo_data.write_demo_imagenet(manual_dir)
+
+  def write():
+    if not all(os.path.exists(os.path.join(data_config.manual_dir, name))
+               for name in (demo_data.TRAIN_TAR, demo_data.VAL_TAR)):
+      logging.info('Writing the demo ImageNet tars into %s', data_config.manual_dir)
+      demo_data.write_demo_imagenet(data_config.manual_dir)
+
+  if data_config.demo_data:
+    distributed.in_turn('demo_data', write)
 
 
-def _class_names(data_config: config.DataConfig) -> list[str]:
-  from alexnet_jax.data import demo_data, input_pipeline  # pylint: disable=import-outside-toplevel
-  labels = input_pipeline.dataset_info(data_config)[3]
-  demo = {c.synset: c.shape for c in demo_data.CLASSES} if data_config.demo_data else {}
-  return predict.readable(labels, demo)
+def _prepared(data_config: config.DataConfig) -> None:
+  """The source dataset and the store, prepared if missing (every process checks the tars
+  first, so a missing one stops all of them at once)."""
+  from alexnet_jax.data import dataset  # pylint: disable=import-outside-toplevel
+  _demo_tars(data_config)
+  dataset.check_sources(data_config)
+  distributed.in_turn('prepare', lambda: dataset.prepare(data_config))
 
 
-def _preflight(experiment: config.Experiment, mesh, images: int) -> None:
-  """DoesNotFitError, before any compile, for a configuration the devices cannot hold."""
-  mode, train_config = experiment.run.mode, experiment.train
-  check = lambda batch, **kwargs: preflight.check(experiment.model, experiment.optimizer, mesh,
-                                                  batch, **kwargs)
-  if mode in ('train', 'benchmark'):
-    check(train_config.batch_size, training=True)
-  elif mode in ('eval', 'visualize'):
-    check(train_config.eval_batch, training=False,
-          crops=experiment.data.eval_crops if mode == 'eval' else 1)
-  elif mode == 'predict':
-    data = mesh.shape[parallel.DATA]
-    check(-(-images // data) * data, training=False, crops=experiment.data.eval_crops)
+def _prepare(experiment: config.Experiment, mesh) -> None:
+  del mesh  # preparing reads and writes files only
+  # pylint: disable-next=import-outside-toplevel
+  from alexnet_jax.data import dataset, square_store, tfds_data
+  data_config = experiment.data
+  done = 'Already prepared:' if dataset.store_ready(data_config) else 'Prepared'
+  _prepared(data_config)
+  if jax.process_index() == 0 and data_config.store == 'none':
+    print(f'Prepared {tfds_data.tfds_builder(data_config).data_dir}.')
+  elif jax.process_index() == 0:
+    print(f'{done} {square_store.store_dir(data_config)}: '
+          f'{square_store.summary(square_store.read_facts(data_config))}.')
+
+
+def _train(experiment: config.Experiment, mesh) -> None:
+  from alexnet_jax.data import dataset, input_pipeline  # pylint: disable=import-outside-toplevel
+  workdir, data_config = experiment.run.workdir, experiment.data
+  writable.check_writable(workdir)
+  _begin(experiment, mesh, experiment.train.batch_size, training=True)
+  with workdir_lock.held_by_process_0(workdir):
+    _prepared(data_config)
+    num_classes = dataset.facts(data_config).num_classes
+    if num_classes != experiment.model.num_classes:
+      raise config.UserError(f'{data_config.dataset} has {num_classes} classes but the model '
+                             f'has {experiment.model.num_classes}: set --num_classes='
+                             f'{num_classes}.')
+    data = input_pipeline.training_input(data_config, experiment.train.batch_size,
+                                         experiment.train.eval_batch, mesh, workdir)
+    train.train_and_evaluate(experiment.model, experiment.optimizer, experiment.train, mesh,
+                             workdir, data)
+  if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+    figures.learning_curves([workdir], os.path.join(workdir, 'learning_curves.png'))
+    logging.info('Checkpoints, metrics.jsonl, eval results, TensorBoard events and '
+                 'learning_curves.png are in %s.', workdir)
+
+
+def _restored(experiment: config.Experiment, mesh):
+  """(step, parameters) of --workdir's newest checkpoint (or --checkpoint_step's)."""
+  return train.restore_params(experiment.model, mesh, experiment.run.workdir,
+                              experiment.run.checkpoint_step)
+
+
+def _eval(experiment: config.Experiment, mesh) -> None:
+  # pylint: disable-next=import-outside-toplevel
+  from alexnet_jax.data import dataset, input_pipeline, mean_image
+  workdir, data_config = experiment.run.workdir, experiment.data
+  _begin(experiment, mesh, experiment.train.eval_batch, training=False,
+         crops=data_config.eval_crops)
+  _demo_tars(data_config)
+  dataset.check_store(data_config)  # one clear line, before anything compiles
+  step, params = _restored(experiment, mesh)
+  normalizer = mean_image.normalizer_for(data_config, workdir)
+  eval_step = evaluate.make_eval_step(experiment.model, mesh, normalizer)
+  batches = input_pipeline.eval_batches(data_config, experiment.train.eval_batch, mesh)
+  with jax.set_mesh(mesh):
+    result = dict(evaluate.evaluate(eval_step, params, batches), crops=data_config.eval_crops)
+  if jax.process_index() == 0:
+    print(f'{data_config.eval_split} at step {step}: {evaluate.result_summary(result)}')
+    try:
+      print(f'Wrote {evaluate.write_result(workdir, data_config.eval_split, step, result)}')
+    except OSError as error:  # a read-only workdir: the result above is all there is
+      print(f'alexnet_jax: the result was not written into {workdir}/eval: '
+            f'{error.strerror}.', file=sys.stderr)
+
+
+def _predict(experiment: config.Experiment, mesh) -> None:
+  # pylint: disable-next=import-outside-toplevel
+  from alexnet_jax.data import dataset, demo_data, input_pipeline, mean_image
+  images = predict.image_paths(experiment.run.image)  # an unreadable file: one line, first
+  data_config, data = experiment.data, mesh.shape[parallel.DATA]
+  _begin(experiment, mesh, -(-len(images) // data) * data, training=False,
+         crops=data_config.eval_crops)
+  _demo_tars(data_config)
+  if data_config.mean == 'pixel':
+    dataset.check_store(data_config)
+  crops = input_pipeline.load_images_for_predict(images, data_config)
+  step, params = _restored(experiment, mesh)
+  normalizer = mean_image.normalizer_for(data_config, experiment.run.workdir)
+  probs, classes = predict.top5(experiment.model, mesh, params, crops, normalizer)
+  if jax.process_index() == 0:
+    demo = {c.synset: c.shape for c in demo_data.CLASSES} if data_config.demo_data else {}
+    names = predict.readable(dataset.facts(data_config).class_names, demo)
+    print(f'Checkpoint step {step}, {data_config.eval_crops} crop(s):')
+    print(predict.format_predictions(images, probs, classes, names))
+
+
+def _visualize(experiment: config.Experiment, mesh) -> None:
+  if experiment.visualize.results:
+    results.write_results(experiment.visualize)
+    return
+  from alexnet_jax.data import dataset  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.tools import visualize  # pylint: disable=import-outside-toplevel
+  _begin(experiment, mesh, experiment.train.eval_batch, training=False)
+  _demo_tars(experiment.data)
+  dataset.check_store(experiment.data)  # one clear line, before anything compiles
+  figures_dir = experiment.visualize.figures_dir
+  writable.check_writable(figures_dir or os.path.join(experiment.run.workdir, 'figures'),
+                          '--figures_dir' if figures_dir else '--workdir')
+  visualize.run_from_experiment(experiment, mesh)
+
+
+def _summary(experiment: config.Experiment, mesh) -> None:
+  text = summary.run(experiment.model, mesh, experiment.train.batch_size,
+                     train.lower_train_step)
+  if jax.process_index() == 0:
+    print(text)
+
+
+def _benchmark(experiment: config.Experiment, mesh) -> None:
+  workdir, batch = experiment.run.workdir, experiment.train.batch_size
+  if experiment.benchmark.benchmark == 'input':
+    from alexnet_jax.tools import input_benchmark  # pylint: disable=import-outside-toplevel
+    text = input_benchmark.run(experiment.data, experiment.benchmark, batch, mesh)
+    if jax.process_index() == 0:
+      print(text)
+    return
+  if workdir:
+    writable.check_writable(workdir)
+  _begin(experiment, mesh, batch, training=True)
+  benchmark.run(experiment.model, experiment.optimizer, experiment.train, mesh, workdir,
+                experiment.benchmark, squares=experiment.data.store != 'none')
+
+
+MODES = {'train': _train, 'eval': _eval, 'predict': _predict, 'visualize': _visualize,
+         'summary': _summary, 'benchmark': _benchmark, 'prepare': _prepare}
 
 
 def run(experiment: config.Experiment, mesh) -> None:
   """Does what --mode says, on the mesh."""
-  mode, workdir = experiment.run.mode, experiment.run.workdir
-  model_config, data_config = experiment.model, experiment.data
-  images = predict.image_paths(experiment.run.image) if mode == 'predict' else []
-  logging.info('mode=%s mesh=%s devices=%d x %s', mode, config.MeshShape(**mesh.shape),
-               jax.device_count(), jax.devices()[0].device_kind)
-  _preflight(experiment, mesh, len(images))
-  if mode == 'summary':
-    from alexnet_jax import train  # pylint: disable=import-outside-toplevel
-    from alexnet_jax.tools import summary  # pylint: disable=import-outside-toplevel
-    text = summary.run(model_config, mesh, experiment.train.batch_size, train.lower_train_step)
-    if jax.process_index() == 0:
-      print(text)
-    return
-  if mode == 'benchmark':
-    if workdir:
-      writable.check_writable(workdir)
-    from alexnet_jax.tools import benchmark  # pylint: disable=import-outside-toplevel
-    benchmark.run(model_config, experiment.optimizer, experiment.train, mesh, workdir,
-                  experiment.benchmark, squares=experiment.data.store != 'none')
-    return
-  if mode == 'visualize' and experiment.visualize.results:
-    from alexnet_jax.tools import visualize  # pylint: disable=import-outside-toplevel
-    visualize.write_results(experiment.visualize)
-    return
-  from alexnet_jax import evaluate, train  # pylint: disable=import-outside-toplevel
-  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
-  if data_config.demo_data:
-    distributed.in_turn('demo_data', lambda: _write_demo_data(data_config.manual_dir))
-  if mode == 'train':
-    writable.check_writable(workdir)
-    with workdir_lock.held_by_process_0(workdir):
-      # Every process checks for the tars first, so a missing one stops all of them at once.
-      input_pipeline.check_sources(data_config)
-      distributed.in_turn('prepare', lambda: input_pipeline.prepare(data_config))
-      train.train_and_evaluate(model_config, data_config, experiment.optimizer,
-                               experiment.train, mesh, workdir)
-    if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
-      from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
-      figures.learning_curves([workdir], os.path.join(workdir, 'learning_curves.png'))
-      logging.info('Checkpoints, metrics.jsonl, eval results, TensorBoard events and '
-                   'learning_curves.png are in %s.', workdir)
-    return
-  if mode in ('eval', 'visualize') or (mode == 'predict' and data_config.mean == 'pixel'):
-    input_pipeline.check_store(data_config)  # one clear line, before anything compiles
-  if mode == 'visualize':
-    from alexnet_jax.tools import visualize  # pylint: disable=import-outside-toplevel
-    figures_dir = experiment.visualize.figures_dir
-    writable.check_writable(figures_dir or os.path.join(workdir, 'figures'),
-                            '--figures_dir' if figures_dir else '--workdir')
-    visualize.run_from_experiment(experiment, mesh)
-    return
-  if mode == 'predict':  # a file that is not an image fails here, before any compile
-    crops = input_pipeline.load_images_for_predict(images, data_config)
-  step, params = train.restore_params(model_config, mesh, workdir, experiment.run.checkpoint_step)
-  normalizer = input_pipeline.normalizer_for(data_config, workdir)
-  if mode == 'eval':
-    eval_step = evaluate.make_eval_step(model_config, mesh, normalizer)
-    result = evaluate.evaluate_split(eval_step, params, data_config, experiment.train.eval_batch,
-                                     mesh)
-    if jax.process_index() == 0:
-      print(f'{data_config.eval_split} at step {step}: {evaluate.result_summary(result)}')
-      try:
-        print(f'Wrote {evaluate.write_result(workdir, data_config.eval_split, step, result)}')
-      except OSError as error:  # a read-only workdir: the result above is all there is
-        print(f'alexnet_jax: the result was not written into {workdir}/eval: '
-              f'{error.strerror}.', file=sys.stderr)
-  elif mode == 'predict':
-    probs, classes = predict.top5(model_config, mesh, params, crops, normalizer)
-    if jax.process_index() == 0:
-      print(f'Checkpoint step {step}, {data_config.eval_crops} crop(s):')
-      print(predict.format_predictions(images, probs, classes, _class_names(data_config)))
+  MODES[experiment.run.mode](experiment, mesh)
 
 
 def _fail(message) -> None:

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any
+from typing import Any, Iterator, Protocol
 
 from absl import logging
 import flax
@@ -33,7 +33,7 @@ from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import parallel
 from alexnet_jax import preprocess
 from alexnet_jax import resume as resume_lib
-from alexnet_jax.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig, UserError
+from alexnet_jax.config import ModelConfig, OptimizerConfig, TrainConfig, UserError
 
 
 @flax.struct.dataclass
@@ -44,11 +44,10 @@ class TrainState:
   plateau: Any          # optax.contrib reduce_on_plateau state: the learning-rate scale
 
 
-# jaxlib's CPU backend (0.10 to 0.12) hands convolutions, dots and reductions to YNNPACK;
-# its convolutions are slower here than XLA's own (Eigen), so the step keeps YNNPACK for dots
-# and reductions only: x1.3 to x2.1 training images/s on 2 cores with jaxlib 0.10, x1.5 with
-# 0.12 (docs/PERFORMANCE.md). The option is experimental: only the jaxlibs it was measured
-# on get it.
+# jaxlib's CPU backend hands convolutions, dots and reductions to YNNPACK, whose convolutions
+# are slower than XLA's own (Eigen): the step keeps YNNPACK for dots and reductions only
+# (measured in docs/PERFORMANCE.md). The option is experimental: only the jaxlibs it was
+# measured on get it.
 CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
                         'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 CPU_COMPILER_OPTIONS_JAXLIBS = ('0.10.', '0.11.', '0.12.')
@@ -64,42 +63,43 @@ def loss_fn(forward, params, images, labels, dropout_rng):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def _state_from_params(tx, plateau, shardings, params) -> TrainState:
-  # The momentum takes its parameter's sharding. Zeros carry none: XLA laid them out
-  # replicated, the step returns them split like the parameters, and the training loop
-  # compiled the step a second time for that.
-  opt_state = optax.tree_utils.tree_map_params(tx, jax.lax.with_sharding_constraint,
-                                               tx.init(params), shardings)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                    plateau=plateau.init(params))
-
-
-def _make_state(tx, plateau, params):
-  """The jitted _state_from_params for parameters (arrays or ShapeDtypeStructs) like these."""
-  shardings = jax.tree.map(lambda p: p.sharding, params)
-  return jax.jit(functools.partial(_state_from_params, tx, plateau, shardings))
-
-
+@functools.cache
 def optimizer_of(model_config: ModelConfig, opt_config: OptimizerConfig, mesh):
-  """(the paper's SGD, the plateau rule) for this net's parameters."""
+  """(the paper's SGD, the plateau rule) for this net's parameters, built once per run."""
   return (optimizer_lib.make(opt_config, parallel.abstract_sharded_params(model_config, mesh)),
           optimizer_lib.plateau_rule(opt_config))
+
+
+@functools.cache
+def _state_maker(model_config: ModelConfig, opt_config: OptimizerConfig, mesh):
+  """jit(params -> a fresh TrainState around them), the state laid out on the mesh."""
+  tx, plateau = optimizer_of(model_config, opt_config, mesh)
+  shardings = jax.tree.map(lambda p: p.sharding,
+                           parallel.abstract_sharded_params(model_config, mesh))
+
+  def make(params) -> TrainState:
+    # Each momentum takes its parameter's sharding: zeros carry none, and XLA would lay
+    # them out replicated where the step returns them split like the parameters.
+    opt_state = optax.tree_utils.tree_map_params(tx, jax.lax.with_sharding_constraint,
+                                                 tx.init(params), shardings)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                      plateau=plateau.init(params))
+
+  return jax.jit(make)
 
 
 def init_state(model_config: ModelConfig, opt_config: OptimizerConfig, mesh,
                rng: jax.Array) -> TrainState:
   """A fresh train state, made directly in its shardings on the mesh."""
-  tx, plateau = optimizer_of(model_config, opt_config, mesh)
   params = parallel.init_sharded_params(model_config, rng, mesh)
-  return _make_state(tx, plateau, params)(params)
+  return _state_maker(model_config, opt_config, mesh)(params)
 
 
 def abstract_state(model_config: ModelConfig, opt_config: OptimizerConfig,
                    mesh) -> TrainState:
   """ShapeDtypeStructs with this mesh's shardings: the restore target (no computation)."""
-  tx, plateau = optimizer_of(model_config, opt_config, mesh)
   params = parallel.abstract_sharded_params(model_config, mesh)
-  make = _make_state(tx, plateau, params)
+  make = _state_maker(model_config, opt_config, mesh)
   shapes = jax.eval_shape(make, params)
   shardings = make.lower(params).compile().output_shardings
   return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
@@ -138,7 +138,6 @@ def make_train_step(model_config: ModelConfig, opt_config: OptimizerConfig, mesh
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, {'loss': loss, 'learning_rate': rate}
 
-  # The option is experimental: only the jaxlibs it was measured on get it.
   tuned_cpu = (mesh.devices.flat[0].platform == 'cpu'
                and jaxlib.__version__.startswith(CPU_COMPILER_OPTIONS_JAXLIBS))
   return jax.jit(step, donate_argnums=0,
@@ -177,6 +176,184 @@ class _Profiler:
       logging.info('Wrote a profiler trace to %s', self.directory)
 
 
+class TrainingInput(Protocol):
+  """What the loop reads; the caller makes it (input_pipeline.training_input)."""
+  examples_per_epoch: int
+  normalizer: Any               # uint8 batch -> model input (preprocess, device_augment)
+  pca_std: float                # the paper's colour noise
+  eval_split: str
+  eval_crops: int
+
+  def train_batches(self, start_examples: int) -> Iterator[dict]:
+    """Global training batches after `start_examples` examples seen."""
+
+  def eval_batches(self) -> Iterator[dict]:
+    """The evaluation split once, padded and masked."""
+
+
+def train_and_evaluate(model_config: ModelConfig, opt_config: OptimizerConfig,
+                       train_config: TrainConfig, mesh, workdir: str,
+                       data: TrainingInput) -> dict | None:
+  """Trains (resuming from the newest checkpoint in workdir) and evaluates.
+
+  Returns the last evaluation result; None if stopped by SIGTERM or Ctrl-C, or if the
+  checkpoint it resumed from was already the last step. A checkpoint of another batch
+  size is resumed only with train_config.allow_batch_change (resume.py).
+  """
+  with contextlib.ExitStack() as cleanup:
+    run = _Run(model_config, opt_config, train_config, mesh, workdir, data, cleanup)
+    batches = data.train_batches(run.examples)
+    for step in range(run.first, run.total):
+      if run.stop_requested(step):
+        run.stop(step)
+        return None
+      run.step(step, next(batches))
+      run.log(step + 1)
+      run.evaluate(step + 1)
+      run.save(step + 1)
+    return run.result
+
+
+class _Run:
+  """One training run: its state, and what happens around each step."""
+
+  def __init__(self, model_config, opt_config, train_config, mesh, workdir, data, cleanup):
+    self.opt_config, self.config, self.mesh, self.workdir = opt_config, train_config, mesh, workdir
+    self.data, batch = data, train_config.batch_size
+    self.checkpoints = checkpoints_lib.Checkpoints(workdir, dataclasses.asdict(model_config),
+                                                   keep=train_config.keep_checkpoints)
+    cleanup.callback(self.checkpoints.close)
+    self.writer = metrics_lib.MetricsWriter(workdir)
+    cleanup.callback(self.writer.close)
+    self.steps_per_epoch = max(1, data.examples_per_epoch // batch)
+    self.total = train_config.num_train_steps or max(
+        1, round(train_config.num_epochs * self.steps_per_epoch))
+    self.state, self.examples = self._restore(model_config, opt_config, mesh)
+    self.first = int(self.state.step)
+    if self.examples != self.first * batch and not train_config.num_train_steps:
+      # Resumed with another batch size: --num_epochs counts the examples left.
+      self.total = resume_lib.end_step(self.first, self.examples, batch,
+                                       train_config.num_epochs, self.steps_per_epoch)
+    self.eval_every = train_config.eval_every_steps or self.steps_per_epoch
+    # The schedule spans the run to its end.
+    self.train_step = make_train_step(model_config, opt_config, mesh, batch_size=batch,
+                                      total_steps=self.total, normalizer=data.normalizer,
+                                      pca_std=data.pca_std, seed=train_config.seed)
+    self.eval_step = evaluate_lib.make_eval_step(model_config, mesh, data.normalizer)
+    logging.info('Training steps %d..%d (%d per epoch), batch %d, on mesh %s.', self.first,
+                 self.total, self.steps_per_epoch, batch, dict(mesh.shape))
+    self.progress = metrics_lib.Progress(self.total, batch, self.eval_every)
+    self.profiler = _Profiler(f'{workdir}/profile', self.first + 5, train_config.profile_steps)
+    cleanup.callback(self.profiler.stop)
+    self.preemption = cleanup.enter_context(distributed.Preemption())
+    # Processes must stop at one agreed step: SIGTERM does that (launch.sh turns Ctrl-C into it).
+    self.ctrl_c = cleanup.enter_context(interrupts.CtrlC(enabled=jax.process_count() == 1))
+    cleanup.enter_context(jax.set_mesh(mesh))
+    self.result, self._pending, self._losses, self._stop_reason = None, None, [], None
+
+  def _restore(self, model_config, opt_config, mesh) -> tuple[TrainState, int]:
+    """(the newest good checkpoint's state, or a fresh one; the examples it has seen)."""
+    state = self.checkpoints.restore(abstract_state(model_config, opt_config, mesh))
+    if state is None:
+      return init_state(model_config, opt_config, mesh, jax.random.key(self.config.seed)), 0
+    step = int(state.step)
+    return state, resume_lib.examples_seen(self.checkpoints.progress(step), step,
+                                           self.config.batch_size,
+                                           self.config.allow_batch_change)
+
+  def _seen(self, step: int) -> int:
+    return self.examples + (step - self.first) * self.config.batch_size
+
+  def _epoch(self, step: int) -> float:
+    return self._seen(step) / (self.steps_per_epoch * self.config.batch_size)
+
+  def stop_requested(self, step: int) -> bool:
+    """Whether to save and stop before `step`: SIGTERM (on every process at once) or Ctrl-C.
+
+    A failed background save stops the run here too (SaveFailedError).
+    """
+    self.checkpoints.check_saves()
+    self._stop_reason = ('SIGTERM' if self.preemption.reached(step)
+                         else 'Ctrl-C' if self.ctrl_c.requested else None)
+    return self._stop_reason is not None
+
+  def stop(self, step: int) -> None:
+    self._save(step)
+    self.checkpoints.wait()
+    logging.warning('Stopped at step %d after %s; checkpoint saved.', step, self._stop_reason)
+
+  def step(self, step: int, batch: dict) -> None:
+    """Dispatches the step; the previous step's loss is read while this one runs."""
+    self.profiler.at_step(step)
+    # Everything the step needs is on the devices already: any hidden copy is an error.
+    with jax.profiler.StepTraceAnnotation('train', step_num=step), \
+        jax.transfer_guard('disallow'):
+      self.state, metrics = self.train_step(self.state, batch)
+    self._flush()
+    self._pending = (step, metrics)
+
+  def _flush(self) -> None:
+    """Checks the loss of the last dispatched step (this waits for that step)."""
+    if self._pending is not None:
+      step, metrics = self._pending
+      loss = float(metrics['loss'])
+      _check_finite(loss, step, self.checkpoints)
+      self._losses.append(loss)
+      self.progress.step_done(step + 1)
+      self._pending = None
+
+  def log(self, done: int) -> None:
+    """The progress line and a metrics line, every log_every_steps and at the end."""
+    if done % self.config.log_every_steps and done != self.total:
+      return
+    rate_now = float(self._pending[1]['learning_rate'])
+    self._flush()
+    loss = float(np.mean(self._losses))
+    line, images_per_second = self.progress.line(done, loss, rate_now)
+    if jax.process_index() == 0:
+      logging.info(line)
+    speed = {} if images_per_second is None else {'images_per_second': images_per_second}
+    self.writer.write(done, loss=loss, learning_rate=rate_now, epoch=self._epoch(done), **speed)
+    self._losses = []
+
+  def _evaluating(self, done: int) -> bool:
+    return done % self.eval_every == 0 or done == self.total
+
+  def evaluate(self, done: int) -> None:
+    """Evaluates every eval_every steps and at the end; feeds the plateau rule."""
+    if not self._evaluating(done):
+      return
+    self._flush()  # never evaluate a state after a non-finite loss
+    started = time.time()
+    result = evaluate_lib.evaluate(self.eval_step, self.state.params, self.data.eval_batches())
+    self.result = dict(result, crops=self.data.eval_crops)
+    self.writer.write(done, top1=result['top1'], top5=result['top5'], eval_loss=result['loss'],
+                      epoch=self._epoch(done), crops=self.data.eval_crops)
+    if jax.process_index() == 0:
+      evaluate_lib.write_result(self.workdir, self.data.eval_split, done, self.result)
+      logging.info('eval at step %d: %s', done, evaluate_lib.result_summary(self.result))
+    self.state = after_eval(self.opt_config, self.state, result['top1'], self.mesh)
+    self.progress.evaluated(time.time() - started)
+
+  def save(self, done: int) -> None:
+    """Saves every checkpoint_every_steps and after each evaluation (with its top-1)."""
+    if self._evaluating(done):
+      self._save(done, {'top1': self.result['top1']})
+    elif done % self.config.checkpoint_every_steps == 0:
+      self._save(done)
+
+  def _save(self, step: int, metrics: dict | None = None) -> None:
+    """Never a state after a non-finite loss, or non-finite parameters."""
+    started = time.time()
+    self._flush()
+    if not bool(_all_finite(self.state.params)):
+      _check_finite(math.nan, step, self.checkpoints, 'parameters')
+    self.checkpoints.save(step, self.state, metrics,
+                          progress={'batch_size': self.config.batch_size,
+                                    'examples_seen': self._seen(step)})
+    self.progress.paused(time.time() - started)  # the first save compiles its digests
+
+
 def _check_finite(value: float, step: int, checkpoints: checkpoints_lib.Checkpoints,
                   what: str = 'training loss') -> None:
   if not math.isfinite(value):
@@ -186,134 +363,6 @@ def _check_finite(value: float, step: int, checkpoints: checkpoints_lib.Checkpoi
         f'the {what} became {value} at step {step}. Nothing after the last good checkpoint '
         f'was saved ({"step " + str(saved[-1]) if saved else "none yet"}). Lower '
         '--learning_rate, try --init=he, or check the input data.')
-
-
-def train_and_evaluate(model_config: ModelConfig, data_config: DataConfig,
-                       opt_config: OptimizerConfig, train_config: TrainConfig, mesh,
-                       workdir: str) -> dict | None:
-  """Trains (resuming from the newest checkpoint in workdir) and evaluates.
-
-  Returns the last evaluation result; None if stopped by SIGTERM or Ctrl-C, or if the
-  checkpoint it resumed from was already the last step. A checkpoint of another batch
-  size is resumed only with train_config.allow_batch_change (resume.py).
-  """
-  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
-  num_classes, num_train, _, _ = input_pipeline.dataset_info(data_config)
-  if num_classes != model_config.num_classes:
-    raise UserError(f'{data_config.dataset} has {num_classes} classes but the model has '
-                     f'{model_config.num_classes}: set --num_classes={num_classes}.')
-  batch = train_config.batch_size
-  steps_per_epoch = max(1, num_train // batch)
-  total = train_config.num_train_steps or max(1, round(train_config.num_epochs * steps_per_epoch))
-  eval_every = train_config.eval_every_steps or steps_per_epoch
-  # Process 0 computes a missing pixel mean image; the others then read its file.
-  distributed.in_turn('mean', lambda: input_pipeline.normalizer_for(data_config, workdir))
-  normalizer = input_pipeline.normalizer_for(data_config, workdir)
-  make_step = functools.partial(make_train_step, model_config, opt_config, mesh,
-                                batch_size=batch, normalizer=normalizer,
-                                pca_std=data_config.pca_std, seed=train_config.seed)
-  eval_step = evaluate_lib.make_eval_step(model_config, mesh, normalizer)
-
-  with contextlib.ExitStack() as cleanup:
-    checkpoints = checkpoints_lib.Checkpoints(workdir, dataclasses.asdict(model_config),
-                                              keep=train_config.keep_checkpoints)
-    cleanup.callback(checkpoints.close)
-    writer = metrics_lib.MetricsWriter(workdir)
-    cleanup.callback(writer.close)
-    state = checkpoints.restore(abstract_state(model_config, opt_config, mesh))
-    if state is None:
-      state = init_state(model_config, opt_config, mesh, jax.random.key(train_config.seed))
-      examples = 0
-    else:
-      examples = resume_lib.examples_seen(checkpoints.progress(int(state.step)),
-                                          int(state.step), batch,
-                                          train_config.allow_batch_change)
-    first = int(state.step)
-    if examples != first * batch and not train_config.num_train_steps:
-      # Resumed with another batch size: --num_epochs counts the examples left.
-      total = resume_lib.end_step(first, examples, batch, train_config.num_epochs,
-                                  steps_per_epoch)
-    train_step = make_step(total_steps=total)  # its schedule spans the run to its end
-    seen = lambda step: examples + (step - first) * batch
-    epoch = lambda step: seen(step) / (steps_per_epoch * batch)
-    logging.info('Training steps %d..%d (%d per epoch), batch %d, on mesh %s.',
-                 first, total, steps_per_epoch, batch, dict(mesh.shape))
-    batches = input_pipeline.train_batches(data_config, batch, mesh, start_examples=examples)
-    progress = metrics_lib.Progress(total, batch, eval_every)
-    profiler = _Profiler(f'{workdir}/profile', first + 5, train_config.profile_steps)
-    cleanup.callback(profiler.stop)
-    preemption = cleanup.enter_context(distributed.Preemption())
-    # Processes must stop at one agreed step: SIGTERM does that (launch.sh turns Ctrl-C into it).
-    ctrl_c = cleanup.enter_context(interrupts.CtrlC(enabled=jax.process_count() == 1))
-    cleanup.enter_context(jax.set_mesh(mesh))
-    result, pending, losses = None, None, []
-
-    def flush():
-      """Checks the loss of the last dispatched step (this waits for that step)."""
-      nonlocal pending
-      if pending is not None:
-        losses.append(_checked_loss(*pending, checkpoints))
-        progress.step_done(pending[0] + 1)
-        pending = None
-
-    def save(step, metrics=None):
-      flush()  # never save a state after a non-finite loss, or non-finite parameters
-      if not bool(_all_finite(state.params)):
-        _check_finite(math.nan, step, checkpoints, 'parameters')
-      checkpoints.save(step, state, metrics,
-                       progress={'batch_size': batch, 'examples_seen': seen(step)})
-
-    for step in range(first, total):
-      checkpoints.check_saves()  # a failed background save stops the run here
-      sigterm = preemption.reached(step)  # on every process at the same step
-      if sigterm or ctrl_c.requested:
-        save(step)
-        checkpoints.wait()
-        logging.warning('Stopped at step %d after %s; checkpoint saved.', step,
-                        'SIGTERM' if sigterm else 'Ctrl-C')
-        return None
-      profiler.at_step(step)
-      inputs = next(batches)
-      # Everything the step needs is on the devices already: any hidden copy is an error.
-      with jax.profiler.StepTraceAnnotation('train', step_num=step), \
-          jax.transfer_guard('disallow'):
-        state, metrics = train_step(state, inputs)
-      flush()  # the previous step's loss, read while this step runs
-      pending = (step, metrics)
-      done = step + 1
-      if done % train_config.log_every_steps == 0 or done == total:
-        flush()
-        learning_rate = float(metrics['learning_rate'])
-        line, rate = progress.line(done, float(np.mean(losses)), learning_rate)
-        if jax.process_index() == 0:
-          logging.info(line)
-        rate = {} if rate is None else {'images_per_second': rate}  # unknown for step 1
-        writer.write(done, loss=float(np.mean(losses)), learning_rate=learning_rate,
-                     epoch=epoch(done), **rate)
-        losses = []
-      evaluating = done % eval_every == 0 or done == total
-      if evaluating:
-        flush()  # never evaluate a state after a non-finite loss
-        started = time.time()
-        result = evaluate_lib.evaluate_split(eval_step, state.params, data_config,
-                                             train_config.eval_batch, mesh)
-        _record_eval(result, done, epoch(done), data_config, writer, workdir)
-        state = after_eval(opt_config, state, result['top1'], mesh)
-        progress.evaluated(time.time() - started)
-      if evaluating or done % train_config.checkpoint_every_steps == 0:
-        started = time.time()
-        save(done, {'top1': result['top1']} if evaluating else None)
-        progress.paused(time.time() - started)  # the first save compiles its digests
-  return result
-
-
-def _record_eval(result, step, epoch, data_config, writer, workdir) -> None:
-  """eval/<split>_step<N>.json, a metrics line and a log line (process 0 writes)."""
-  writer.write(step, top1=result['top1'], top5=result['top5'], eval_loss=result['loss'],
-               epoch=epoch, crops=data_config.eval_crops)
-  if jax.process_index() == 0:
-    evaluate_lib.write_result(workdir, data_config.eval_split, step, result)
-    logging.info('eval at step %d: %s', step, evaluate_lib.result_summary(result))
 
 
 def restore_params(model_config: ModelConfig, mesh, workdir: str, step: int | None = None):

@@ -150,7 +150,8 @@ def main() -> None:
   unknown = sorted(set(names) - set(VARIANTS))
   if unknown:
     parser.error(f'unknown variants {unknown}; known: {sorted(VARIANTS)}')
-  from alexnet_jax.tools import benchmark  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from alexnet_jax.tools import benchmark, measure
   load_before = os.getloadavg()
   workers, compile_seconds, versions = {}, {}, set()
   try:
@@ -163,8 +164,8 @@ def main() -> None:
     for round_ in range(args.rounds):
       for name in names[round_ % len(names):] + names[:round_ % len(names)]:
         if args.quiet:
-          benchmark.wait_until_quiet(args.quiet, args.max_wait)
-        busy = benchmark.busy_cpu_seconds()
+          measure.wait_until_quiet(args.quiet, args.max_wait)
+        busy = measure.busy_cpu_seconds()
         workers[name].stdin.write(f'time {args.steps}\n')
         workers[name].stdin.flush()
         wall, cpu = map(float, _read(workers[name], name).split())
@@ -172,7 +173,7 @@ def main() -> None:
         cpu_seconds[name].append(cpu)
         if wall >= 0.5:  # /proc/stat counts in 10 ms ticks
           # The share of the machine that other jobs used during this window.
-          others[name].append(max(0.0, (benchmark.busy_cpu_seconds() - busy - cpu) /
+          others[name].append(max(0.0, (measure.busy_cpu_seconds() - busy - cpu) /
                                   (wall * os.cpu_count())))
     profiles = {}
     for name in names if args.profile_steps else ():
@@ -194,7 +195,7 @@ def main() -> None:
   cpu_per_image = {name: statistics.median(cpu_seconds[name]) / (args.steps * args.batch_size)
                    for name in names}
   base = names[0]
-  host = benchmark.cpu_model()
+  host = measure.cpu_model()
   print(f"{host}, {os.cpu_count()} cores; {', '.join(sorted(versions))}")
   print(f'{args.image_size}x{args.image_size}, batch {args.batch_size}, width {args.width}, '
         f'{args.towers} towers, float32; {args.rounds} interleaved windows of {args.steps} '

@@ -50,7 +50,7 @@ def demo(tmp_path_factory) -> Demo:
   With its stores of squares (STORES), written from it by square_store.
   """
   if 'demo' not in _CACHE:
-    from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+    from alexnet_jax.data import dataset  # pylint: disable=import-outside-toplevel
     root = tmp_path_factory.mktemp('demo_imagenet')
     manual_dir, data_dir = str(root / 'manual'), str(root / 'tfds')
     summary = demo_data.write_demo_imagenet(manual_dir, IMAGES_PER_CLASS, seed=0,
@@ -62,13 +62,13 @@ def demo(tmp_path_factory) -> Demo:
     previous = absl_logger.level
     absl_logger.setLevel(logging.INFO)
     try:
-      skipped = input_pipeline.prepare(config_lib.DataConfig(
+      skipped = dataset.prepare(config_lib.DataConfig(
           data_dir=data_dir, manual_dir=manual_dir, store='none'))
     finally:
       absl_logger.removeHandler(handler)
       absl_logger.setLevel(previous)
     for image_size, store in STORES:
-      input_pipeline.prepare(config_lib.DataConfig(data_dir=data_dir, image_size=image_size,
+      dataset.prepare(config_lib.DataConfig(data_dir=data_dir, image_size=image_size,
                                                     store=store))
     _CACHE['demo'] = Demo(manual_dir, data_dir, summary, skipped, stream.getvalue())
   return _CACHE['demo']

@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 
 from alexnet_jax.data import demo_data
+from tests import cli
 
 
 def _read_train(path):
@@ -107,7 +108,12 @@ def test_classes_differ_in_colour():
     assert np.argmin(np.linalg.norm(colours - object_colour, axis=1)) == label
 
 
-def test_command_line(tmp_path, capsys):
-  demo_data.main([f'--manual_dir={tmp_path}', '--images_per_class=1', '--no_oddities'])
-  assert sorted(os.listdir(tmp_path)) == sorted([demo_data.TRAIN_TAR, demo_data.VAL_TAR])
-  assert 'train[:90%]' in capsys.readouterr().out
+@pytest.mark.slow
+def test_prepare_mode_writes_the_demo_tars_then_prepares_them(tmp_path):
+  result = cli.run_main('--mode=prepare', '--demo_data', f'--manual_dir={tmp_path}/manual',
+                        f'--data_dir={tmp_path}/tfds', '--image_size=67')
+  assert result.returncode == 0, result.stderr
+  assert sorted(os.listdir(tmp_path / 'manual')) == sorted([demo_data.TRAIN_TAR,
+                                                             demo_data.VAL_TAR])
+  assert result.stdout.startswith(f'Prepared {tmp_path}/tfds/alexnet_squares/'
+                                  'imagenet2012_77px_jpeg_q90/1.0.0: jpeg store of imagenet2012')

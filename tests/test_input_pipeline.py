@@ -9,7 +9,6 @@ import dataclasses
 import glob
 import io
 import os
-import re
 import subprocess
 import sys
 
@@ -23,7 +22,9 @@ import tensorflow_datasets as tfds
 from alexnet_jax import config as config_lib
 from alexnet_jax.data import demo_data
 from alexnet_jax.data import augment
+from alexnet_jax.data import dataset
 from alexnet_jax.data import input_pipeline as ip
+from alexnet_jax.data import mean_image
 from alexnet_jax import preprocess
 from alexnet_jax import synthetic_data
 from alexnet_jax.data import tfds_data
@@ -140,22 +141,22 @@ def test_missing_tars_name_the_expected_files_before_any_work(tmp_path):
   manual_dir.mkdir()
   cfg = config_lib.DataConfig(data_dir=str(data_dir), manual_dir=str(manual_dir))
   with pytest.raises(tfds_data.MissingDataError) as error:
-    ip.prepare(cfg)
+    dataset.prepare(cfg)
   message = str(error.value)
   assert os.path.join(str(manual_dir), 'ILSVRC2012_img_train.tar') in message
   assert os.path.join(str(manual_dir), 'ILSVRC2012_img_val.tar') in message
   assert not (data_dir / 'imagenet2012').exists()  # nothing was started
   (manual_dir / 'ILSVRC2012_img_train.tar').write_bytes(b'')
   with pytest.raises(tfds_data.MissingDataError, match=r'missing: ILSVRC2012_img_val\.tar'):
-    ip.prepare(cfg)
+    dataset.prepare(cfg)
   with pytest.raises(tfds_data.MissingDataError, match='manual_dir'):
-    ip.prepare(dataclasses.replace(cfg, manual_dir=None))
+    dataset.prepare(dataclasses.replace(cfg, manual_dir=None))
   with pytest.raises(tfds_data.MissingDataError, match='prepare'):
-    ip.dataset_info(cfg)
+    dataset.facts(cfg)
 
 
 def test_dataset_info(demo):
-  num_classes, num_train, num_eval, names = ip.dataset_info(demo.config())
+  num_classes, num_train, num_eval, names = dataset.facts(demo.config())
   assert (num_classes, num_train, num_eval) == (1000, 90, 10)
   assert names[0] == 'n01440764' and len(names) == 1000
 
@@ -362,7 +363,7 @@ def test_resuming_at_step_n_matches_the_uninterrupted_run(demo, store):
     assert sorted(per_epoch) == sorted(labels[:90])
   assert not np.array_equal(labels[:90], labels[90:180])  # reshuffled
   for start in (4, 5, 7):
-    resumed = _take(ip.host_batches(cfg, 16, start_step=start), 12 - start)
+    resumed = _take(ip.host_batches(cfg, 16, start_position=16 * start), 12 - start)
     for step, batch in enumerate(resumed, start):
       np.testing.assert_array_equal(batch['images'], whole[step]['images'], err_msg=f'{step}')
       np.testing.assert_array_equal(batch['labels'], whole[step]['labels'])
@@ -374,7 +375,7 @@ def test_step_n_holds_stream_positions_n_times_batch_of_the_file_order(demo):
   # spans two epochs.
   cfg = demo.config(**stream.KNOWN_ORDER)
   for start in (0, 5):
-    for step, batch in enumerate(_take(ip.host_batches(cfg, 16, start_step=start), 2), start):
+    for step, batch in enumerate(_take(ip.host_batches(cfg, 16, start_position=16 * start), 2), start):
       images, labels = stream.train_batch(cfg, step, 16)
       np.testing.assert_array_equal(batch['labels'], labels, err_msg=f'step {step}')
       np.testing.assert_array_equal(batch['images'], images, err_msg=f'step {step}')
@@ -396,7 +397,7 @@ def test_processes_read_disjoint_parts(demo, store):
 def test_train_batches_are_sharded_uint8_global_arrays(demo):
   mesh = _mesh(4, 2)
   cfg = demo.config(**stream.KNOWN_ORDER)
-  batches = ip.train_batches(cfg, 16, mesh, start_step=2)
+  batches = ip.train_batches(cfg, 16, mesh, start_examples=32)
   first = next(batches)
   assert first['images'].shape == (16, IMAGE_SIZE, IMAGE_SIZE, 3)
   assert first['images'].dtype == np.uint8 and first['labels'].dtype == np.int32
@@ -419,10 +420,10 @@ def test_train_batches_are_sharded_uint8_global_arrays(demo):
 def test_train_batches_of_the_store_are_its_squares_as_sharded_global_arrays(demo, store):
   mesh = _mesh(4, 2)
   cfg = demo.config(store=store)
-  first = next(ip.train_batches(cfg, 16, mesh, start_step=2))
+  first = next(ip.train_batches(cfg, 16, mesh, start_examples=32))
   assert first['images'].shape == (16, R, R, 3) and first['images'].dtype == np.uint8
   assert first['images'].sharding == jax.NamedSharding(mesh, jax.P('data'))
-  expected = _take(ip.host_batches(cfg, 16, start_step=2), 1)[0]
+  expected = _take(ip.host_batches(cfg, 16, start_position=32), 1)[0]
   np.testing.assert_array_equal(np.asarray(first['images']), expected['images'])
   np.testing.assert_array_equal(np.asarray(first['labels']), expected['labels'])
 
@@ -432,41 +433,16 @@ def test_prefetch_keeps_order_and_items():
   assert list(ip.prefetch(iter([]), 2)) == []
 
 
-def test_the_benchmark_prints_each_paths_rate_per_cpu_second_and_the_jpeg_ceiling(demo, capsys):
-  ip.main(['--benchmark', '--to_device', '--store=none,jpeg,raw', f'--data_dir={demo.data_dir}',
-           f'--manual_dir={demo.manual_dir}', f'--image_size={IMAGE_SIZE}', '--batch_size=8',
-           '--seconds=0.2', '--repeats=2'])
-  lines = capsys.readouterr().out.splitlines()
-  results = [line for line in lines if line.startswith('store=')]
-  assert [line.split()[0] for line in results] == ['store=none', 'store=jpeg', 'store=raw']
-  for line in results:
-    assert re.fullmatch(r'.*: runs \d+, \d+ images/s; .*; [1-9]\d* images per CPU-second of '
-                        r'this process\.', line), line
-  ceiling = lines[lines.index(results[1]) + 1]  # measured after each of the 2 JPEG runs
-  assert re.fullmatch(r'  its ceiling: .*: [1-9]\d* images per CPU-second; the reader reached '
-                      r'\d+%, \d+% of it\.', ceiling), ceiling
-
-
-def test_the_benchmark_refuses_a_bad_setting_in_one_line_before_writing_data(tmp_path,
-                                                                             monkeypatch):
-  monkeypatch.setattr('tempfile.tempdir', str(tmp_path))  # where it would write its photos
-  with pytest.raises(SystemExit) as exit_info:
-    ip.main(['--benchmark', '--store=none,jpg'])
-  assert str(exit_info.value) == ("input_pipeline: error: --store must be one of jpeg, raw, "
-                                  "none, got 'jpg'.")
-  assert not list(tmp_path.iterdir())
-
-
 # ----------------------------------------------------------------------------------
 # Means and prediction inputs.
 
 
 def test_mean_for_channel_and_pixel(demo, tmp_path):
-  np.testing.assert_array_equal(ip.mean_for(demo.config()), preprocess.CHANNEL_MEAN)
+  np.testing.assert_array_equal(mean_image.mean_for(demo.config()), preprocess.CHANNEL_MEAN)
   cfg = demo.config(mean='pixel', store='none')
-  mean = ip.mean_for(cfg, workdir=str(tmp_path))
+  mean = mean_image.mean_for(cfg, workdir=str(tmp_path))
   assert mean.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and mean.dtype == np.float32
-  stored = np.load(ip.mean_image_path(cfg, str(tmp_path)))
+  stored = np.load(mean_image.cached_path(cfg, str(tmp_path)))
   assert stored.shape == (R, R, 3)
   # The mean of the 90 training squares, computed here the long way.
   squares = [augment.central_square(tf.constant(x['image']), R).numpy()
@@ -476,17 +452,17 @@ def test_mean_for_channel_and_pixel(demo, tmp_path):
   np.testing.assert_allclose(stored, np.mean(squares, axis=0), atol=1e-3)
   mid = (R - IMAGE_SIZE) // 2
   np.testing.assert_array_equal(mean, stored[mid:mid + IMAGE_SIZE, mid:mid + IMAGE_SIZE])
-  np.save(ip.mean_image_path(cfg, str(tmp_path)), np.zeros((R, R, 3), np.float32))
-  assert not ip.mean_for(cfg, workdir=str(tmp_path)).any()  # read back, not recomputed
+  np.save(mean_image.cached_path(cfg, str(tmp_path)), np.zeros((R, R, 3), np.float32))
+  assert not mean_image.mean_for(cfg, workdir=str(tmp_path)).any()  # read back, not recomputed
   # A torn or wrong file is a cache gone bad: computed again, and kept again.
-  path = ip.mean_image_path(cfg, str(tmp_path))
+  path = mean_image.cached_path(cfg, str(tmp_path))
   for damage in (lambda: os.truncate(path, 100), lambda: np.save(path, np.zeros((R, R)))):
     damage()
-    np.testing.assert_array_equal(ip.mean_for(cfg, workdir=str(tmp_path)), mean)
+    np.testing.assert_array_equal(mean_image.mean_for(cfg, workdir=str(tmp_path)), mean)
     np.testing.assert_array_equal(np.load(path), stored)
   other = dataclasses.replace(cfg, train_split='train[90%:]')
-  assert ip.mean_image_path(other, 'w') != ip.mean_image_path(cfg, 'w')
-  paths = {ip.mean_image_path(dataclasses.replace(cfg, store=store, store_quality=quality), 'w')
+  assert mean_image.cached_path(other, 'w') != mean_image.cached_path(cfg, 'w')
+  paths = {mean_image.cached_path(dataclasses.replace(cfg, store=store, store_quality=quality), 'w')
            for store, quality in (('none', 90), ('raw', 90), ('jpeg', 90), ('jpeg', 80))}
   assert len(paths) == 4  # each input's squares have their own mean
 
@@ -528,20 +504,25 @@ def _modules_loaded_by(imports: str) -> list[str]:
   return result.stdout.split()
 
 
-def test_only_the_data_package_imports_tensorflow():
+def test_only_the_modules_that_read_data_load_tensorflow():
+  """TensorFlow takes seconds to load, and the GPU machines' synthetic runs have none: the
+  entry point, the config, the library and the tools that read no dataset load none of it
+  (main imports data/ in the handlers of the modes that read data)."""
   import alexnet_jax  # pylint: disable=import-outside-toplevel
   package = os.path.dirname(alexnet_jax.__file__)
+  readers = {'alexnet_jax.tools.visualize', 'alexnet_jax.tools.input_benchmark'}
   outside = sorted(
       'alexnet_jax.' + os.path.relpath(path, package)[:-3].replace(os.sep, '.')
       for path in glob.glob(os.path.join(package, '**', '*.py'), recursive=True)
       if not os.path.relpath(path, package).startswith('data' + os.sep)
       and not path.endswith('__init__.py'))
-  assert 'alexnet_jax.tools.visualize' in outside and 'alexnet_jax.train' in outside
-  loaded = _modules_loaded_by('\n'.join(f'import {name}' for name in outside)
+  assert readers < set(outside) and {'alexnet_jax.main', 'alexnet_jax.train'} < set(outside)
+  loaded = _modules_loaded_by('\n'.join(f'import {name}' for name in outside if name not in readers)
                               + '\nimport alexnet_jax.data.demo_data')
   tensorflow = {'tensorflow', 'tensorflow_datasets', 'tf_keras', 'keras'}
   assert not tensorflow & set(loaded), sorted(tensorflow & set(loaded))
-  assert 'tensorflow' in _modules_loaded_by('import alexnet_jax.data.input_pipeline')
+  for reader in sorted(readers):
+    assert 'tensorflow' in _modules_loaded_by(f'import {reader}')
 
 
 @pytest.mark.stderr

@@ -7,6 +7,8 @@ import pytest
 
 from alexnet_jax import config as config_lib
 from alexnet_jax import optimizer
+from alexnet_jax import train
+from tests import meshes
 
 PARAMS = {'layer': {'kernel': jnp.array([1.0, -2.0, 0.5]), 'bias': jnp.array([0.3])}}
 GRADS = [{'layer': {'kernel': jnp.array([0.1, 0.2, -0.3]) * (i + 1),
@@ -82,3 +84,15 @@ def test_schedules():
   assert float(cosine(110)) == pytest.approx(0.0, abs=1e-7)
   with pytest.raises(ValueError, match='lr_step_every'):
     config_lib.OptimizerConfig(schedule='step').validate()
+
+
+def test_evaluations_feed_the_plateau_rule_the_error_so_progress_keeps_the_rate():
+  """The paper: divide by 10 when the validation error stops improving (train.after_eval)."""
+  opt_config = config_lib.OptimizerConfig(plateau_patience=2)
+  state = train.TrainState(step=jnp.int32(0), params=PARAMS, opt_state=None,
+                           plateau=optimizer.plateau_rule(opt_config).init(PARAMS))
+  scales = []
+  for top1 in (0.1, 0.2, 0.3, 0.4, 0.4, 0.4):  # the error falls, then stays flat twice
+    state = train.after_eval(opt_config, state, top1, meshes.mesh(1, 1))
+    scales.append(float(state.plateau.scale))
+  np.testing.assert_allclose(scales, [1, 1, 1, 1, 1, 0.1], rtol=1e-6)

@@ -19,6 +19,7 @@ from alexnet_jax import config as config_lib
 from alexnet_jax import device_augment
 from alexnet_jax.data import augment
 from alexnet_jax.data import input_pipeline as ip
+from alexnet_jax.data import mean_image
 from alexnet_jax.data import square_store
 from tests import cli
 from tests.conftest_data import IMAGE_SIZE
@@ -94,7 +95,7 @@ def test_the_store_holds_the_central_squares_with_labels_and_file_names(demo, so
 def test_the_store_has_the_mean_image_of_each_split(demo, source):
   cfg = demo.config(store='raw', mean='pixel', train_split='train')
   squares = [_host_square(data) for data, _ in _examples(source, 'train').values()]
-  mean = ip.mean_for(cfg)
+  mean = mean_image.mean_for(cfg)
   assert mean.shape == (R, R, 3) and mean.dtype == np.float32  # R x R: cropped on the device
   np.testing.assert_allclose(mean, np.mean(squares, axis=0), atol=1e-3)
   facts = square_store.read_facts(cfg)
@@ -103,11 +104,11 @@ def test_the_store_has_the_mean_image_of_each_split(demo, source):
   assert facts['bytes'] > facts['images'] * R * R * 3 and facts['cpu_seconds'] > 0
   # A part of a split: computed from the store's squares, once, into the workdir.
   part_cfg = dataclasses.replace(cfg, train_split='train[:90%]')
-  part = ip.mean_for(part_cfg, workdir=str(demo.data_dir))
+  part = mean_image.mean_for(part_cfg, workdir=str(demo.data_dir))
   head = [_stored_square(data, 'raw') for data, _ in
           _examples(square_store.open_store(cfg), 'train[:90%]').values()]
   np.testing.assert_allclose(part, np.mean(head, axis=0), atol=1e-3)
-  assert os.path.exists(ip.mean_image_path(part_cfg, str(demo.data_dir)))
+  assert os.path.exists(mean_image.cached_path(part_cfg, str(demo.data_dir)))
 
 
 @pytest.mark.parametrize('store', ['raw', 'jpeg'])
@@ -236,7 +237,7 @@ def test_a_damaged_mean_image_in_the_store_is_one_line_naming_the_command(demo, 
   shutil.copytree(square_store.store_dir(cfg), square_store.store_dir(copied))
   os.truncate(os.path.join(square_store.store_dir(copied), 'mean_image_train.npy'), 100)
   with pytest.raises(config_lib.UserError) as error:
-    ip.mean_for(copied)
+    mean_image.mean_for(copied)
   message = str(error.value)
   assert '\n' not in message and 'the store is damaged' in message
   assert message.endswith(square_store.prepare_command(copied))
@@ -262,7 +263,7 @@ def test_preparing_twice_changes_nothing(own_store):
 
 @pytest.mark.stderr
 def test_eval_without_the_store_is_one_line_before_compiling_and_its_command_prepares_it(
-    demo, tmp_path, capsys):
+    demo, tmp_path):
   data_dir = _copy_source(demo, str(tmp_path))
   flags = ['--mode=eval', f'--workdir={tmp_path}/run', f'--data_dir={data_dir}',
            '--train_split=train[:90%]', '--eval_split=train[90%:]', '--image_size=67',
@@ -275,13 +276,15 @@ def test_eval_without_the_store_is_one_line_before_compiling_and_its_command_pre
   # Checked before the checkpoint is restored (which compiles): the empty workdir's
   # missing checkpoint is not what it reports.
   assert 'checkpoint' not in result.stderr.lower()
-  command = re.search(r'Prepare it with: (python -m alexnet_jax\.data\.square_store [^(]*) \(', last)[1]
+  command = re.search(r'Prepare it with: (python -m alexnet_jax\.main --mode=prepare [^(]*) \(',
+                      last)[1]
   env = dict(os.environ, PYTHONPATH=cli.ROOT)
-  prepared = subprocess.run([sys.executable, *command.split()[1:]], cwd=cli.ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+  prepare = lambda: subprocess.run([sys.executable, *command.split()[1:]], cwd=cli.ROOT,
+                                   env=env, capture_output=True, text=True, timeout=300)
+  prepared = prepare()
   assert prepared.returncode == 0, prepared.stderr
   assert 'bytes per image' in prepared.stdout and 'ms of CPU per image' in prepared.stdout
   assert square_store.open_store(config_lib.DataConfig(data_dir=data_dir, image_size=67,
                                                         store='raw'))
-  square_store.main(command.split()[3:])  # the same command again finds it
-  assert capsys.readouterr().out.startswith('Already prepared:')
+  again = prepare()  # the same command again finds it
+  assert again.returncode == 0 and again.stdout.startswith('Already prepared:'), again.stderr

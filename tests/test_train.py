@@ -197,7 +197,7 @@ def test_resumed_run_continues_exactly(demo, uninterrupted, tmp_path):
 def test_a_run_through_the_store_resumes_exactly(demo, tmp_path):
   # The store's squares, shuffled, cropped, flipped and coloured on the device, with the
   # mean image: a resumed run reads and augments what the uninterrupted one did.
-  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.data import mean_image  # pylint: disable=import-outside-toplevel
   cfg = training.data(demo, store='jpeg', augment='paper', shuffle_buffer=32, mean='pixel')
   straight = training.run(demo, tmp_path / 'straight', data_config=cfg)
   training.run(demo, tmp_path / 'resumed', data_config=cfg, num_train_steps=4)
@@ -206,7 +206,7 @@ def test_a_run_through_the_store_resumes_exactly(demo, tmp_path):
   assert [losses[0][s] for s in (5, 6)] == [losses[1][s] for s in (5, 6)]  # bitwise
   assert [resumed[k] for k in ('top1', 'loss')] == [straight[k] for k in ('top1', 'loss')]
   assert os.path.exists(tmp_path / 'resumed' / os.path.basename(
-      input_pipeline.mean_image_path(cfg)))  # a part's mean image, kept in the workdir
+      mean_image.cached_path(cfg)))  # a part's mean image, kept in the workdir
 
 
 @pytest.mark.slow
@@ -438,7 +438,7 @@ def test_resuming_with_another_batch_is_refused_or_continues_after_the_examples_
   # Step 5's batch of 16 is the stream's examples 32..47: batches 4 and 5 at batch 8.
   config = training.data(demo)
   at_16 = next(input_pipeline.train_dataset(config, 16, start_position=32).as_numpy_iterator())
-  at_8 = input_pipeline.train_dataset(config, 8, start_step=4).as_numpy_iterator()
+  at_8 = input_pipeline.train_dataset(config, 8, start_position=32).as_numpy_iterator()
   first, second = next(at_8), next(at_8)
   np.testing.assert_array_equal(at_16['labels'], np.concatenate([first['labels'],
                                                                  second['labels']]))

@@ -10,6 +10,7 @@ import pytest
 
 from alexnet_jax.tools import figures
 from alexnet_jax import train
+from alexnet_jax.tools import results
 from alexnet_jax.tools import visualize
 from tests import meshes
 from tests import training
@@ -170,9 +171,9 @@ def test_results_table_puts_measured_errors_beside_the_paper(trained, tmp_path):
   experiments.mkdir()
   (experiments / 'no_lrn.flags').write_text(f'# ablation\n--mode=train\n--workdir={workdir}\n'
                                             '--nolrn\n--demo_data\n')
-  known = visualize.experiments(str(experiments))
-  assert known['no_lrn'].lrn is False and visualize.experiment_of(workdir, known) == 'no_lrn'
-  table = visualize.results_table([workdir], str(experiments))
+  known = results.experiments(str(experiments))
+  assert known['no_lrn'].lrn is False and results.experiment_of(workdir, known) == 'no_lrn'
+  table = results.results_table([workdir], str(experiments))
   with open(f'{workdir}/eval/train_90_step3.json') as f:
     result = json.load(f)
   rows = {line.split(' | ')[0][2:]: line.split(' | ') for line in table.splitlines()

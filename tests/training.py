@@ -23,6 +23,8 @@ def data(demo, **overrides):
 
 def run(demo, workdir, shape=(1, 1), model=MODEL, opt=OPTIMIZER, data_config=None, **loop):
   """Trains on the demo data (or data_config) in workdir; returns the last evaluation."""
-  return train.train_and_evaluate(model, data_config or data(demo), opt,
-                                  dataclasses.replace(LOOP, **loop), meshes.mesh(*shape),
-                                  str(workdir))
+  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  loop, mesh = dataclasses.replace(LOOP, **loop), meshes.mesh(*shape)
+  inputs = input_pipeline.training_input(data_config or data(demo), loop.batch_size,
+                                         loop.eval_batch, mesh, str(workdir))
+  return train.train_and_evaluate(model, opt, loop, mesh, str(workdir), inputs)

@@ -25,7 +25,7 @@ sample photo of Grace Hopper, random window, flip and colour cast) at ImageNet's
 500x375 or 375x500: what input-pipeline benchmarks decode. Not learnable (one photo for
 all classes).
 
-  python -m alexnet_jax.data.demo_data --manual_dir=/tmp/demo_manual [--images_per_class=150]
+  python -m alexnet_jax.main --mode=prepare --demo_data --manual_dir=DIR --data_dir=TFDS_DIR
 """
 
 from __future__ import annotations
@@ -288,22 +288,7 @@ def write_demo_imagenet(manual_dir: str, images_per_class: int = 100, seed: int 
                      num_files - (1 if oddities else 0), val_images, odd, labels)
 
 
-def main(argv=None) -> None:
-  import argparse  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--manual_dir', required=True, help='where to write the two tars')
-  parser.add_argument('--images_per_class', type=int, default=100)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--no_oddities', action='store_true',
-                      help='leave out the CMYK, grayscale, PNG, small and corrupt files')
-  args = parser.parse_args(argv)
-  summary = write_demo_imagenet(args.manual_dir, args.images_per_class, args.seed,
-                                oddities=not args.no_oddities)
-  print(f'Wrote {summary.num_train_files} training files ({len(CLASSES)} classes) to '
-        f'{summary.train_tar} and {summary.num_val_images} to {summary.val_tar}.')
-  print('Evaluate demo runs on a held-out slice of train (--train_split=train[:90%] '
-        '--eval_split=train[90%:]): the builder labels validation images by position.')
-
-
-if __name__ == '__main__':
-  main()
+if __name__ == '__main__':  # the command line this module had
+  raise SystemExit('demo_data: writing the demo ImageNet is now a flag of the entry point: '
+                   'python -m alexnet_jax.main --mode=prepare --demo_data --manual_dir=DIR '
+                   '--data_dir=TFDS_DIR (then prepares it with TFDS too)')

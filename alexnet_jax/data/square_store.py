@@ -25,7 +25,7 @@ nothing a reader takes for a store, and a second one finds the store and does no
 Readers (store_reader.py for training, input_pipeline.py) only decode the squares; crops, flips, colour
 noise and the mean happen on the device (alexnet_jax/device_augment.py).
 
-  python -m alexnet_jax.data.square_store --data_dir=DIR [--manual_dir=TARS] --image_size=227 --store=jpeg
+  python -m alexnet_jax.main --mode=prepare --data_dir=DIR [--manual_dir=TARS] --image_size=227 --store=jpeg
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def prepare_command(cfg: DataConfig) -> str:
   flags += [f'--image_size={cfg.image_size}', f'--store={cfg.store}']
   if cfg.store == 'jpeg':
     flags.append(f'--store_quality={cfg.store_quality}')
-  return 'python -m alexnet_jax.data.square_store ' + ' '.join(flags)
+  return 'python -m alexnet_jax.main --mode=prepare ' + ' '.join(flags)
 
 
 def is_prepared(cfg: DataConfig) -> bool:
@@ -137,28 +137,9 @@ def open_store(cfg: DataConfig) -> tfds.core.DatasetBuilder:
   return tfds.builder_from_directory(path)
 
 
-def stored_mean(cfg: DataConfig) -> np.ndarray | None:
-  """The stored R x R mean image of cfg.train_split, if that is a whole split of the store."""
-  path = os.path.join(store_dir(cfg), f'mean_image_{cfg.train_split}.npy')
-  if not re.fullmatch(r'\w+', cfg.train_split) or not tf.io.gfile.exists(path):
-    return None
-  try:
-    return read_mean_image(path, cfg.resize_size)
-  except ValueError as error:
-    raise UserError(f'{error}: the store is damaged; move {store_dir(cfg)} away and prepare '
-                    f'it again: {prepare_command(cfg)}') from None
-
-
-def read_mean_image(path: str, size: int) -> np.ndarray:
-  """The size x size x 3 mean image saved at path; ValueError saying why if it is not one."""
-  try:
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      mean = np.load(f)
-  except (ValueError, EOFError) as error:  # torn, emptied or not an .npy file
-    raise ValueError(f'{path} is not a readable .npy file ({error})') from None
-  if mean.shape != (size, size, 3):
-    raise ValueError(f'{path} holds a {mean.shape} array, not a {size}x{size}x3 mean image')
-  return mean
+def mean_image_path(cfg: DataConfig, split: str, directory: str | None = None) -> str:
+  """The store's mean image of a whole split (in `directory` while it is being written)."""
+  return os.path.join(directory or store_dir(cfg), f'mean_image_{split}.npy')
 
 
 def decode_square(data: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
@@ -277,7 +258,7 @@ class _SquareStore(tfds_data.OwnWords, tfds.core.GeneratorBasedBuilder, skip_reg
       out = {'square': pixels, 'label': example[label_key],
              'file_name': example['file_name'] if has_names else tf.constant('')}
       if cfg.store == 'jpeg':
-        # Optimized Huffman tables: 3% smaller, and as much faster to decode.
+        # Optimized Huffman tables: smaller, and faster to decode (docs/PERFORMANCE.md).
         out['jpeg'] = tf.io.encode_jpeg(pixels, quality=cfg.store_quality, optimize_size=True)
       return out
 
@@ -303,7 +284,7 @@ class _SquareStore(tfds_data.OwnWords, tfds.core.GeneratorBasedBuilder, skip_reg
     super()._download_and_prepare(dl_manager, download_config)
     # self.data_dir is TFDS's temporary folder here: these land in the store atomically.
     for split, mean in self._means.items():
-      with tf.io.gfile.GFile(os.path.join(self.data_dir, f'mean_image_{split}.npy'), 'wb') as f:
+      with tf.io.gfile.GFile(mean_image_path(self._cfg, split, self.data_dir), 'wb') as f:
         np.save(f, mean)
     shards = [os.path.basename(i.filename) for split in self.info.splits.values()
               for i in split.file_instructions]
@@ -362,31 +343,7 @@ def summary(facts: dict) -> str:
           f"{1000 * facts['cpu_seconds'] / per_image:.2f} ms of CPU per image, all threads)")
 
 
-def main(argv=None) -> None:
-  import argparse  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--dataset', default=tfds_data.IMAGENET)
-  parser.add_argument('--data_dir', help='TFDS data dir of the source (default: TFDS\'s)')
-  parser.add_argument('--manual_dir', help='imagenet2012: the folder with the ILSVRC tars, '
-                      'if the source is not prepared yet')
-  parser.add_argument('--image_size', type=int, default=227,
-                      help='the crop the model sees; the squares are resize_size(it)')
-  parser.add_argument('--store', choices=('jpeg', 'raw'), default='jpeg')
-  parser.add_argument('--store_quality', type=int, default=90)
-  args = parser.parse_args(argv)
-  logging.set_verbosity(logging.INFO)
-  cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
-                   image_size=args.image_size, store=args.store,
-                   store_quality=args.store_quality)
-  try:
-    cfg.validate()
-    tfds_data.prepare(cfg)
-    done = prepare(cfg)
-  except UserError as error:
-    raise SystemExit(f'square_store: error: {error}') from None
-  print(f'{"Prepared" if done else "Already prepared:"} {store_dir(cfg)}: '
-        f'{summary(read_facts(cfg))}.')
-
-
-if __name__ == '__main__':
-  main()
+if __name__ == '__main__':  # the command line this module had
+  raise SystemExit('square_store: preparing a store is now a mode of the entry point: '
+                   'python -m alexnet_jax.main --mode=prepare --data_dir=DIR [--manual_dir=TARS] '
+                   '--image_size=227 --store=jpeg')

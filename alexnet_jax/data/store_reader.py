@@ -6,10 +6,9 @@ bytes lie in its file. A batch is then, per square, one read and (for the JPEG s
 libjpeg-turbo decode (simplejpeg, the same accurate IDCT and upsampling as TF's decoder:
 the same pixels) into a 64-byte aligned buffer, which JAX takes as it is on the CPU (and
 copies to an accelerator from). Buffers are used again once nothing refers to the batch
-they held: a fresh 50 MB batch costs the kernel's zeroing and page faults (up to a third of
-the JPEG reader's CPU here). tf.data's TFRecord reader, parser and batching copy each square
-four to five times and check a CRC in software: 1.3x (JPEG) to 5x (raw) fewer images per
-CPU-second here (docs/PERFORMANCE.md).
+they held: a fresh 50 MB batch costs the kernel's zeroing and page faults. tf.data's
+TFRecord reader, parser and batching copy each square four to five times (what that costs:
+docs/PERFORMANCE.md).
 
 The stream: this reader's examples (its part of the split), each epoch in a permutation
 seeded by (seed, epoch). A batch holds the next b stream positions, so a run that resumes

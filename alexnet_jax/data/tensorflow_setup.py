@@ -13,7 +13,7 @@
   user set the level.
 - Its own pool for host memory (BFC): TF's default CPU allocator hands large buffers back
   to the OS when they are freed, so every decoded square and every batch is faulted in
-  afresh (here a quarter of the JPEG store's reading time). The user's setting holds.
+  afresh (docs/PERFORMANCE.md). The user's setting holds.
 - No accelerator: tf.data never touches one; a full TensorFlow would grab its memory.
 """
 

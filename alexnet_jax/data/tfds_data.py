@@ -17,6 +17,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from typing import NamedTuple
 
 from absl import logging
 from PIL import Image
@@ -170,8 +171,8 @@ def check_manual_dir(cfg: DataConfig) -> None:
         f'expected {" and ".join(os.path.join(where, name) for name in IMAGENET_TARS)} '
         f'(missing: {", ".join(missing)}). Download them from https://image-net.org '
         f'(ILSVRC 2012), pass their folder as --manual_dir and the output folder as '
-        f'--data_dir. For a small made-up set: python -m alexnet_jax.data.demo_data '
-        f'--manual_dir=DIR.')
+        f'--data_dir. For a small made-up set, add --demo_data: it writes the demo ImageNet '
+        f'tars into --manual_dir first.')
 
 
 def check_sources(cfg: DataConfig) -> None:
@@ -215,8 +216,8 @@ def prepared_builder(cfg: DataConfig):
 def _prepared_builder(cfg: DataConfig):
   builder = tfds_builder(cfg)
   if not is_prepared(builder):
-    raise MissingDataError(f'{cfg.dataset} is not prepared in {builder.data_dir}: call '
-                           'input_pipeline.prepare(cfg) first (train does it).')
+    raise MissingDataError(f'{cfg.dataset} is not prepared in {builder.data_dir}: prepare it '
+                           'with --mode=prepare (a --mode=train run prepares it too).')
   return builder
 
 
@@ -228,16 +229,22 @@ def label_keys(builder) -> tuple[str, str]:
   return 'image', 'label'
 
 
-def dataset_info(cfg: DataConfig, builder=None) -> tuple[int, int, int, list[str]]:
-  """(num_classes, num_train_examples, num_eval_examples, class_names) of the splits.
+class Facts(NamedTuple):
+  """What the run needs to know of a prepared dataset before reading it."""
+  num_classes: int
+  train_examples: int
+  eval_examples: int
+  class_names: list[str]
 
-  Of the prepared dataset, or of `builder` (a store of its squares) if given.
-  """
+
+def facts(cfg: DataConfig, builder=None) -> Facts:
+  """Classes and the sizes of cfg's splits, of the prepared source or of `builder` if given
+  (a store of its squares)."""
   builder = builder or prepared_builder(cfg)
   label = builder.info.features[label_keys(builder)[1]]
   splits = builder.info.splits
-  return (label.num_classes, splits[cfg.train_split].num_examples,
-          splits[cfg.eval_split].num_examples, list(label.names))
+  return Facts(label.num_classes, splits[cfg.train_split].num_examples,
+               splits[cfg.eval_split].num_examples, list(label.names))
 
 
 def is_jpeg(builder) -> bool:

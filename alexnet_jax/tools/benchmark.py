@@ -44,6 +44,7 @@ from alexnet_jax import synthetic_data
 from alexnet_jax import train
 from alexnet_jax.config import BenchmarkConfig
 from alexnet_jax.tools import communication
+from alexnet_jax.tools import measure as measure_lib
 from alexnet_jax.tools import summary
 
 # Dense peak TFLOP/s per chip (vendor datasheets, without sparsity): bf16, float32.
@@ -64,6 +65,7 @@ class BenchmarkResult:
   images_per_second_min: float
   images_per_second_max: float
   images_per_second_windows: list
+  images_per_cpu_second: float      # median; CPU-seconds of this process, all its threads
   step_seconds: float               # median step time
   compile_seconds: float
   warmup_steps: int
@@ -289,35 +291,8 @@ def format_profile(profile: dict) -> str:
 # Measuring and reporting.
 
 
-def cpu_model() -> str:
-  """The host CPU's model name (Linux's /proc/cpuinfo, else what platform knows)."""
-  if os.path.exists('/proc/cpuinfo'):
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  return platform.processor()
-
-
-def busy_cpu_seconds() -> float:
-  """CPU-seconds every process on the machine has spent busy since boot (/proc/stat)."""
-  with open('/proc/stat') as f:
-    fields = [int(v) for v in f.readline().split()[1:]]
-  return (sum(fields) - fields[3] - fields[4]) / os.sysconf('SC_CLK_TCK')  # less idle, iowait
-
-
-def wait_until_quiet(threshold: float, max_wait: float) -> None:
-  """Waits (at most max_wait s) until the CPUs are less busy than `threshold` for 1 s."""
-  deadline = time.monotonic() + max_wait
-  while time.monotonic() < deadline:
-    before = busy_cpu_seconds()
-    time.sleep(1)
-    if (busy_cpu_seconds() - before) / os.cpu_count() <= threshold:
-      return
-
-
 def _host(load_before: float) -> dict:
-  return {'cpu': cpu_model(), 'cores': os.cpu_count(),
+  return {'cpu': measure_lib.cpu_model(), 'cores': os.cpu_count(),
           'load_average_before': round(load_before, 2),
           'load_average_after': round(os.getloadavg()[0], 2),
           'xla_flags': os.environ.get('XLA_FLAGS', '')}
@@ -342,9 +317,9 @@ def measure(model_config, opt_config, mesh, batch_size: int, *, warmup: int = WA
   load_before = os.getloadavg()[0]
   timer = StepTimer(model_config, opt_config, mesh, batch_size, seed=seed, squares=squares)
   timer.time(warmup)
-  windows = [timer.time(steps) for _ in range(repeats)]
+  windows = [measure_lib.timed(lambda: timer.time(steps))[1] for _ in range(repeats)]
   profile = timer.profile(profile_steps, profile_dir) if profile_steps else None
-  rates = [steps * batch_size / seconds for seconds in windows]
+  rates = [steps * batch_size / window.wall for window in windows]
   rate = statistics.median(rates)
   flops = flops_per_trained_image(model_config)
   device = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
@@ -353,7 +328,9 @@ def measure(model_config, opt_config, mesh, batch_size: int, *, warmup: int = WA
   return BenchmarkResult(
       images_per_second=rate, images_per_second_min=min(rates),
       images_per_second_max=max(rates), images_per_second_windows=rates,
-      step_seconds=statistics.median(windows) / steps, compile_seconds=timer.compile_seconds,
+      images_per_cpu_second=statistics.median(steps * batch_size / w.cpu for w in windows),
+      step_seconds=statistics.median(w.wall for w in windows) / steps,
+      compile_seconds=timer.compile_seconds,
       warmup_steps=warmup, steps_per_window=steps, flops_per_image=flops,
       flop_convention=FLOP_CONVENTION,
       mfu=(rate * flops / (peak * mesh.size) if peak else None),
@@ -379,7 +356,8 @@ def report(result: BenchmarkResult) -> str:
       f"before, {host['load_average_after']} after",
       f'images/s: {result.images_per_second:,.1f} (median of '
       f'{len(result.images_per_second_windows)} windows of {result.steps_per_window} steps; '
-      f'spread {spread})',
+      f'spread {spread}); {result.images_per_cpu_second:,.1f} images per CPU-second of this '
+      'process',
       f'step time: {1000 * result.step_seconds:.2f} ms (compile {result.compile_seconds:.1f} s, '
       f'{result.warmup_steps} warm-up steps)',
       f'MFU: {mfu} at {result.flops_per_image / 1e9:.3f} GFLOP per trained image '

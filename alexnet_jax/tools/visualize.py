@@ -1,4 +1,4 @@
-"""What a trained net learned: the paper's Figures 3 and 4, learning curves, results table.
+"""What a trained net learned: the paper's Figures 3 and 4, and its learning curves.
 
 Figures of one checkpoint, into WORKDIR/figures/ (or --figures_dir):
   conv1_kernels.png     Figure 3: the first-layer kernels, tower 1 above tower 2 (each
@@ -11,10 +11,7 @@ Figures of one checkpoint, into WORKDIR/figures/ (or --figures_dir):
 
   python -m alexnet_jax.main --mode=visualize --flagfile=experiments/visualize.flags
 
-The results table (docs/RESULTS.md): the paper's numbers beside each run's newest
-eval/<split>_step<N>[_crops<C>].json, and its Figure 3/4 statistics where summary.json exists.
-
-  python -m alexnet_jax.main --mode=visualize --results --runs=[EXPERIMENT=]WORKDIR,...
+The results table of several runs is results.py's.
 
 Colour fraction (Figure 3). At each pixel a kernel's weights over the colour axis are an
 RGB vector w; its grey part is (w . g) g with g = (1, 1, 1) / sqrt(3), what a kernel that
@@ -30,22 +27,23 @@ mean well below 2/3) and tower 2 mostly colour-specific ones (a mean above tower
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import jax
 import numpy as np
 
 from alexnet_jax import device_augment
-from alexnet_jax import flags as flags_lib
 from alexnet_jax import parallel
+from alexnet_jax import train
 from alexnet_jax.config import UserError
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import mean_image
+from alexnet_jax.tools import figures
+from alexnet_jax.tools import results
 
-ROOT = flags_lib.ROOT
 CHANCE_COLOR_FRACTION = 2 / 3
-SUMMARY = 'summary.json'
 
 
 # ----------------------------------------------------------------------------------
@@ -63,7 +61,6 @@ def color_fraction(kernels: np.ndarray) -> np.ndarray:
 
 def kernel_figure(params, path: str) -> list[dict]:
   """Writes Figure 3 of params' conv1 to path; returns each tower's colour fractions."""
-  from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
   kernels = np.asarray(jax.device_get(params['conv1']['kernel']))  # (towers, k, k, 3, C)
   figures.save_png(figures.labelled_kernel_grid(kernels), path)
   return [{'tower': t + 1, 'mean_color_fraction': float(np.mean(f)),
@@ -91,7 +88,6 @@ def _fc7_batches(embed, params, mesh, data_config, batch_size: int,
   Un-augmented centre crops, in the split's stored order; examples holds 'images' uint8
   (n, S, S, 3), 'labels' and 'file_names'.
   """
-  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
   cfg = dataclasses.replace(data_config, eval_crops=1)
   sharding = parallel.batch_sharding(mesh)
   seen = 0
@@ -165,7 +161,6 @@ def nearest_neighbours(model_config, mesh, params, normalizer, data_config, *, b
 
 def neighbour_figure(found: dict, path: str) -> dict:
   """Writes Figure 4 to path; returns the neighbours as JSON-ready lists."""
-  from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
   queries, neighbours = found['queries'], found['neighbours']
   same = neighbours['labels'] == queries['labels'][:, None]
   figures.save_png(figures.neighbour_grid(queries['images'], neighbours['images'], same), path)
@@ -190,16 +185,13 @@ def run(model_config, data_config, mesh, workdir: str, *, batch_size: int,
   Returns the summary: the step, each tower's colour fractions (also those of the
   initialization the run started from, drawn again from `seed`), the neighbours found.
   """
-  from alexnet_jax import train  # pylint: disable=import-outside-toplevel
-  from alexnet_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
-  from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
   if jax.process_count() > 1:
     raise UserError('visualize runs on one host: start it as a single process.')
   out_dir = out_dir or os.path.join(workdir, 'figures')
   step, params = train.restore_params(model_config, mesh, workdir, step)
   # Centre crops: the neighbours are searched among un-augmented training images.
-  normalizer = input_pipeline.normalizer_for(dataclasses.replace(data_config, eval_crops=1),
-                                             workdir)
+  normalizer = mean_image.normalizer_for(dataclasses.replace(data_config, eval_crops=1),
+                                         workdir)
   summary = {'workdir': workdir, 'step': step,
              'chance_color_fraction': CHANCE_COLOR_FRACTION,
              'towers': kernel_figure(params, os.path.join(out_dir, 'conv1_kernels.png'))}
@@ -214,7 +206,7 @@ def run(model_config, data_config, mesh, workdir: str, *, batch_size: int,
       found, os.path.join(out_dir, 'nearest_neighbours.png'))
   if os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
     figures.learning_curves([workdir], os.path.join(out_dir, 'learning_curves.png'))
-  with open(os.path.join(out_dir, SUMMARY), 'w') as f:
+  with open(os.path.join(out_dir, results.SUMMARY), 'w') as f:
     json.dump(summary, f, indent=1)
   return summary
 
@@ -233,155 +225,12 @@ def summary_lines(summary: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------
-# The results table.
-
-# experiment: (what it changes, paper top-1 error, paper top-5 error), in % on ILSVRC-2012
-# val, one CNN, 10 crops: the paper's net, and for an ablation that plus the difference
-# the paper gives for it (ALEXNET.md, "Results to compare with").
-PAPER = {
-    'paper': ("the paper's two-tower net (section 5)", '40.7', '18.2'),
-    'one_tower': ('one tower, as on one GPU (footnote 2)', '42.4 (+1.7)', '19.4 (+1.2)'),
-    'no_lrn': ('no local response normalization (3.3)', '42.1 (+1.4)', '19.4 (+1.2)'),
-    'non_overlapping_pool': ('2x2 stride-2 pooling (3.4)', '41.1 (+0.4)', '18.5 (+0.3)'),
-    'no_pca': ('no PCA colour noise (4.1: "over 1%" top-1)', '> 41.7 (> +1)', '—'),
-    'large_batch': ('batch 4096, bfloat16, cosine (not in the paper)', '—', '—'),
-    'quickstart': ('demo data on a CPU (not in the paper)', '—', '—'),
-}
-IMAGENET = 'imagenet2012'
-
-
-def experiments(directory: str = os.path.join(ROOT, 'experiments')) -> dict:
-  """The flags of every training experiment in directory: {name: absl FlagValues}."""
-  found = {}
-  for path in sorted(glob.glob(os.path.join(directory, '*.flags'))):
-    values = flags_lib.read_flagfile(path)
-    if values.mode == 'train' and values.workdir:
-      found[os.path.splitext(os.path.basename(path))[0]] = values
-  return found
-
-
-def experiment_of(workdir: str, known: dict[str, dict]) -> str:
-  """The experiment whose --workdir is workdir, or whose name is workdir's basename."""
-  path = os.path.abspath(workdir)
-  for name in sorted(known, key=lambda n: n not in PAPER):  # the paper's experiments first
-    if os.path.abspath(os.path.join(ROOT, known[name].workdir)) == path:
-      return name
-  return os.path.basename(os.path.normpath(workdir))
-
-
-def named_runs(runs: Sequence[str], known: dict[str, dict]) -> list[tuple[str, str]]:
-  """(experiment, workdir) of each '[EXPERIMENT=]WORKDIR'."""
-  named = []
-  for run_spec in runs:
-    name, _, workdir = run_spec.rpartition('=')
-    named.append((name or experiment_of(workdir, known), workdir))
-  return named
-
-
-def newest_evals(workdir: str) -> list[dict]:
-  """The newest eval/<split>_step<N>[_crops<C>].json of each split and crop count."""
-  newest = {}
-  for path in glob.glob(os.path.join(workdir, 'eval', '*_step*.json')):
-    with open(path) as f:
-      result = json.load(f)
-    key = (result['split'], result.get('crops', 1))
-    if result['step'] >= newest.get(key, {'step': -1})['step']:
-      newest[key] = result
-  return [newest[key] for key in sorted(newest)]
-
-
-def _data_name(values) -> str:
-  """The data an experiment's flags train on ('?' without a flagfile)."""
-  if values is None:
-    return '?'
-  if values.demo_data:
-    return 'demo (8 drawn classes)'
-  return values.dataset
-
-
-def results_table(runs: Sequence[str], experiments_dir: str = os.path.join(ROOT, 'experiments'),
-                  command: str = '', note: str = '') -> str:
-  """docs/RESULTS.md: the paper's errors beside those measured by runs ([NAME=]WORKDIR)."""
-  known = experiments(experiments_dir)
-  named = named_runs(runs, known)
-  order = list(PAPER) + [n for n, _ in named if n not in PAPER]
-  rows, measured_imagenet = [], False
-  for name in order:
-    change, top1, top5 = PAPER.get(name, ('', '—', '—'))
-    data = _data_name(known.get(name))
-    for r in [r for n, w in named if n == name for r in newest_evals(w)] or [None]:
-      if r is None:
-        measured = ['—', '—', data, '—', '—', '—']
-      else:
-        measured_imagenet |= data == IMAGENET
-        measured = [f"{100 * (1 - r['top1']):.1f}", f"{100 * (1 - r['top5']):.1f}",
-                    f"{data}, `{r['split']}`", r['crops'], r['step'], r['num_examples']]
-      rows.append('| ' + ' | '.join(map(str, [name, change, top1, top5, *measured])) + ' |')
-  lines = [
-      '# Results', '',
-      f'Written by `{command or "python -m alexnet_jax.main --mode=visualize --results --runs=..."}`; '
-      'rerun it rather than editing this file.', '',
-      "Paper: top-1 / top-5 error (%) on ILSVRC-2012 validation, one CNN, 10 crops (40.7 / "
-      '18.2); an ablation is that plus the difference the paper reports for it. Measured: '
-      "each run's newest `eval/<split>_step<N>[_crops<C>].json` of each split and crop "
-      'count, both in the table '
-      '(in-training evaluation is 1 crop; `--mode=eval --eval_crops=10` gives the paper\'s '
-      'protocol). — means not reported or not measured.', '']
-  if not measured_imagenet:
-    lines += ['**No ImageNet run has been measured yet.** Rows on the demo data (8 classes of '
-              'drawn shapes) check that the code learns; they are not comparable to the paper.',
-              '']
-  lines += ['| experiment | changes | paper top-1 | paper top-5 | top-1 | top-5 | data, split | '
-            'crops | step | examples |', '|---|---|---|---|---|---|---|---|---|---|', *rows, '']
-  lines += [note, ''] if note else []
-  lines += _figure_lines(named)
-  return '\n'.join(lines)
-
-
-def _figure_lines(named: Sequence[tuple[str, str]]) -> list[str]:
-  """The Figure 3/4 statistics of the runs whose figures were made."""
-  rows = []
-  for name, workdir in named:
-    path = os.path.join(workdir, 'figures', SUMMARY)
-    if os.path.exists(path):
-      with open(path) as f:
-        summary = json.load(f)
-      fractions, initial = (' / '.join(f'{t[key]:.3f}' for t in summary['towers'])
-                            for key in ('mean_color_fraction', 'initial_mean_color_fraction'))
-      found = summary['nearest_neighbours']
-      rows.append(f"| {name} | {summary['step']} | {fractions} | {initial} | "
-                  f"{100 * found['same_label_fraction']:.1f}% | {found['searched']} |")
-  if not rows:
-    return []
-  return ['## Figures 3 and 4', '',
-          'Mean colour fraction of the conv1 kernels per tower (tower 1 / tower 2; 0: grey, '
-          '2/3: random weights on average, 1: no grey part; definition in '
-          '`alexnet_jax/tools/visualize.py`), after training and in the initialization the run '
-          'started from. The paper saw tower 1 learn mostly colour-agnostic '
-          'kernels and tower 2 mostly colour-specific ones (Figure 3; no number given). '
-          "Neighbours: share of the fc7 nearest training images with the query's label "
-          '(Figure 4).', '',
-          '| experiment | step | colour fraction | at initialization | same-label neighbours | '
-          'training images searched |', '|---|---|---|---|---|---|', *rows, '']
-
-
-def write_results_table(runs: Sequence[str], path: str, command: str = '',
-                        note: str = '') -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w') as f:
-    f.write(results_table(runs, command=command, note=note))
-  return path
-
-
-# ----------------------------------------------------------------------------------
 # Command line.
 
 
 def run_from_experiment(experiment, mesh) -> dict:
-  """--mode=visualize: the figures of --workdir's checkpoint, or with --results the table."""
+  """--mode=visualize: the figures of --workdir's checkpoint, and what they show."""
   options = experiment.visualize
-  if options.results:
-    return write_results(options)
   summary = run(experiment.model, experiment.data, mesh, experiment.run.workdir,
                 batch_size=experiment.train.eval_batch, queries=options.queries,
                 neighbours=options.neighbours, max_train_images=options.max_train_images,
@@ -389,18 +238,3 @@ def run_from_experiment(experiment, mesh) -> dict:
                 seed=experiment.train.seed)
   print('\n'.join(summary_lines(summary)))
   return summary
-
-
-def write_results(options) -> dict:
-  """--results: docs/RESULTS.md from --runs (and their learning curves with --curves_path)."""
-  command = ('python -m alexnet_jax.main --mode=visualize --results --runs=' +
-             ','.join(options.runs))
-  path = write_results_table(options.runs, options.results_path, command, options.results_note)
-  print(f'Wrote {path}')
-  written = {'results': path}
-  if options.curves_path:
-    from alexnet_jax.tools import figures  # pylint: disable=import-outside-toplevel
-    names, workdirs = zip(*named_runs(options.runs, experiments()))
-    written['curves'] = figures.learning_curves(workdirs, options.curves_path, names)
-    print(f"Wrote {written['curves']}")
-  return written
