@@ -201,6 +201,7 @@ class DataConfig:
   shuffle_buffer: int = 10_000          # encoded examples (~110 kB each on ImageNet)
   store: str = 'jpeg'                   # 'jpeg', 'raw' (the R x R store) or 'none' (full size)
   store_quality: int = 90               # JPEG quality of the 'jpeg' store
+  skip_damaged_records: bool = False    # train past records of the store whose CRC fails
   image_size: int = 227                 # side of the crop the model sees (the model's)
   seed: int = 0                         # the run's seed
 

@@ -26,7 +26,8 @@ CONFIGS = {
                            'heartbeat_timeout', 'initialization_timeout'),
     config.DataConfig: ('dataset', 'data_dir', 'manual_dir', 'demo_data', 'train_split',
                         'eval_split', 'augment', 'eval_crops', 'mean', 'pca_std',
-                        'standardize', 'shuffle_buffer', 'store', 'store_quality'),
+                        'standardize', 'shuffle_buffer', 'store', 'store_quality',
+                        'skip_damaged_records'),
     config.OptimizerConfig: ('learning_rate', 'momentum', 'weight_decay', 'decay_biases',
                              'schedule', 'linear_scaling', 'warmup_steps', 'lr_step_every',
                              'plateau_patience', 'max_drops'),
@@ -88,6 +89,9 @@ HELP = {
              'happen on the device. none: the full-size images, decoded and cropped on the '
              'host (needed by --augment=inception).',
     'store_quality': 'JPEG quality of --store=jpeg.',
+    'skip_damaged_records': 'Train past records of the store whose checksum fails (each takes '
+                            'a copy of another square of its batch), counted in metrics.jsonl '
+                            'and reported at the end, instead of stopping.',
     'learning_rate': 'Base learning rate (paper: 0.01).',
     'momentum': 'Momentum (paper: 0.9).',
     'weight_decay': 'Weight decay (paper: 0.0005).',

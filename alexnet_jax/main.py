@@ -118,26 +118,28 @@ def _demo_tars(data_config: config.DataConfig) -> None:
     distributed.in_turn('demo_data', write)
 
 
-def _prepared(data_config: config.DataConfig) -> None:
+def _prepared(data_config: config.DataConfig, repair: bool = False) -> None:
   """The source dataset and the store, prepared if missing (every process checks the tars
-  first, so a missing one stops all of them at once)."""
+  first, so a missing one stops all of them at once); with `repair`, a damaged store is
+  prepared again."""
   from alexnet_jax.data import dataset  # pylint: disable=import-outside-toplevel
   _demo_tars(data_config)
   dataset.check_sources(data_config)
-  distributed.in_turn('prepare', lambda: dataset.prepare(data_config))
+  distributed.in_turn('prepare', lambda: dataset.prepare(data_config, repair))
 
 
 def _prepare(experiment: config.Experiment, mesh) -> None:
   del mesh  # preparing reads and writes files only
-  # pylint: disable-next=import-outside-toplevel
-  from alexnet_jax.data import dataset, square_store, tfds_data
+  from alexnet_jax.data import square_store, tfds_data  # pylint: disable=import-outside-toplevel
   data_config = experiment.data
-  done = 'Already prepared:' if dataset.store_ready(data_config) else 'Prepared'
-  _prepared(data_config)
+  facts = os.path.join(square_store.store_dir(data_config), square_store.FACTS)
+  before = os.path.getmtime(facts) if os.path.exists(facts) else None
+  _prepared(data_config, repair=True)
   if jax.process_index() == 0 and data_config.store == 'none':
     print(f'Prepared {tfds_data.tfds_builder(data_config).data_dir}.')
   elif jax.process_index() == 0:
-    print(f'{done} {square_store.store_dir(data_config)}: '
+    print(f'{"Already prepared:" if os.path.getmtime(facts) == before else "Prepared"} '
+          f'{square_store.store_dir(data_config)}: '
           f'{square_store.summary(square_store.read_facts(data_config))}.')
 
 
@@ -157,6 +159,10 @@ def _train(experiment: config.Experiment, mesh) -> None:
                                          experiment.train.eval_batch, mesh, workdir)
     train.train_and_evaluate(experiment.model, experiment.optimizer, experiment.train, mesh,
                              workdir, data)
+  if data.damaged_records:
+    logging.warning('Skipped %d damaged record(s) of the store (--skip_damaged_records); to '
+                    'train on them, prepare it again: %s', data.damaged_records,
+                    data.damaged.repair)
   if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
     figures.learning_curves([workdir], os.path.join(workdir, 'learning_curves.png'))
     logging.info('Checkpoints, metrics.jsonl, eval results, TensorBoard events and '

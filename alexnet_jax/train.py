@@ -183,6 +183,7 @@ class TrainingInput(Protocol):
   pca_std: float                # the paper's colour noise
   eval_split: str
   eval_crops: int
+  damaged_records: int          # damaged records of the input skipped so far
 
   def train_batches(self, start_examples: int) -> Iterator[dict]:
     """Global training batches after `start_examples` examples seen."""
@@ -312,8 +313,10 @@ class _Run:
     line, images_per_second = self.progress.line(done, loss, rate_now)
     if jax.process_index() == 0:
       logging.info(line)
-    speed = {} if images_per_second is None else {'images_per_second': images_per_second}
-    self.writer.write(done, loss=loss, learning_rate=rate_now, epoch=self._epoch(done), **speed)
+    extra = {} if images_per_second is None else {'images_per_second': images_per_second}
+    if self.data.damaged_records:
+      extra['damaged_records_skipped'] = self.data.damaged_records
+    self.writer.write(done, loss=loss, learning_rate=rate_now, epoch=self._epoch(done), **extra)
     self._losses = []
 
   def _evaluating(self, done: int) -> bool:

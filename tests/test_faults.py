@@ -14,7 +14,9 @@ import time
 import numpy as np
 import pytest
 
+from alexnet_jax import config as config_lib
 from alexnet_jax import metrics
+from alexnet_jax.data import square_store
 from tests import cli
 
 STEPS = 10
@@ -299,3 +301,28 @@ def test_predict_on_a_directory_classifies_the_images_in_it(demo, straight_run, 
   names = [line for line in result.stdout.splitlines() if line.startswith(str(folder))]
   assert names == [f'{folder}/a.JPG', f'{folder}/b.png']
   assert len([line for line in result.stdout.splitlines() if line.strip()[:2] == '1.']) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.stderr
+def test_a_damaged_store_stops_training_in_one_line_whose_command_repairs_it(demo, tmp_path):
+  data_dir = tmp_path / 'tfds'
+  shutil.copytree(demo.data_dir, data_dir)
+  cfg = config_lib.DataConfig(data_dir=str(data_dir), image_size=67, store='jpeg')
+  shard = square_store.open_store(cfg).info.splits['train'].file_instructions[0].filename
+  row = square_store.record_index(cfg)[os.path.basename(shard)][3]
+  with open(shard, 'r+b') as f:  # 32 bytes inside record 3's image
+    f.seek(int(row[square_store.IMAGE_OFFSET] + row[square_store.IMAGE_LENGTH] // 2))
+    f.write(bytes(32))
+  flags = _flags(demo, tmp_path / 'run', data_dir=data_dir, batch_size=10, num_train_steps=9,
+                 eval_every_steps=9)  # one epoch of train[:90%]: every record is read
+  result = cli.run_main(*flags)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
+  [line] = cli.problems(result.stderr)
+  assert line.startswith(f'alexnet_jax: error: record 3 of {shard} is damaged'), line
+  command = line.split('Prepare it again with: ')[1].split(' (or pass')[0]
+  repaired = subprocess.run([sys.executable, *command.split()[1:]], cwd=cli.ROOT,
+                            env=cli.environment(), capture_output=True, text=True, timeout=300)
+  assert repaired.returncode == 0 and repaired.stdout.startswith('Prepared'), repaired.stderr
+  again = cli.run_main(*flags)
+  assert again.returncode == 0, again.stderr

@@ -18,10 +18,12 @@ import tensorflow_datasets as tfds
 from alexnet_jax import config as config_lib
 from alexnet_jax import device_augment
 from alexnet_jax.data import augment
+from alexnet_jax.data import dataset
 from alexnet_jax.data import input_pipeline as ip
 from alexnet_jax.data import mean_image
 from alexnet_jax.data import square_store
 from tests import cli
+from tests import meshes
 from tests.conftest_data import IMAGE_SIZE
 
 S = IMAGE_SIZE
@@ -199,7 +201,7 @@ def own_store(demo, tmp_path_factory):
 
 
 def _refused(cfg) -> str:
-  with pytest.raises(square_store.MissingStoreError) as error:
+  with pytest.raises((square_store.MissingStoreError, square_store.DamagedStoreError)) as error:
     ip.host_batches(cfg, 4)
   message = str(error.value)
   assert '\n' not in message and square_store.prepare_command(cfg) in message
@@ -224,11 +226,11 @@ def test_a_store_that_is_not_the_runs_names_the_command_that_prepares_it(own_sto
   shutil.copytree(square_store.store_dir(cfg), os.path.join(
       os.path.dirname(square_store.store_dir(raw)), 'incomplete.KILLED_1.0.0'))
   assert 'an unfinished preparation was found there' in _refused(raw)
-  # ... nor is a store's folder without TFDS's dataset_info.json.
+  # ... and a store's folder without TFDS's dataset_info.json is a damaged store.
   copied = dataclasses.replace(cfg, store_quality=80)
   shutil.copytree(square_store.store_dir(cfg), square_store.store_dir(copied))
   os.remove(os.path.join(square_store.store_dir(copied), 'dataset_info.json'))
-  assert 'is not prepared' in _refused(copied)
+  assert 'dataset_info.json is missing. Prepare it again with: ' in _refused(copied)
 
 
 def test_a_damaged_mean_image_in_the_store_is_one_line_naming_the_command(demo, tmp_path):
@@ -288,3 +290,108 @@ def test_eval_without_the_store_is_one_line_before_compiling_and_its_command_pre
                                                         store='raw'))
   again = prepare()  # the same command again finds it
   assert again.returncode == 0 and again.stdout.startswith('Already prepared:'), again.stderr
+
+
+# ----------------------------------------------------------------------------------
+# A damaged store: every record checked where it is read, every file before a run reads it.
+
+
+def _store_copy(demo, tmp_path, store='jpeg', **overrides):
+  """A copy of the demo's store (27 px) with its source, to damage."""
+  cfg = demo.config(store=store, train_split='train', eval_split='validation', **overrides)
+  copied = dataclasses.replace(cfg, data_dir=_copy_source(demo, str(tmp_path)))
+  shutil.copytree(square_store.store_dir(cfg), square_store.store_dir(copied))
+  return copied
+
+
+def _flip_bytes(cfg, split: str, where: str, record: int = 3) -> str:
+  """Flips 32 bytes of one record of a split's shard: inside its image, or in its first bytes
+  (a JPEG's header; a raw square's first row). Returns the shard's path."""
+  builder = square_store.open_store(cfg)
+  path = builder.info.splits[split].file_instructions[0].filename
+  row = square_store.record_index(cfg)[os.path.basename(path)][record]
+  start = row[square_store.IMAGE_OFFSET] + (
+      row[square_store.IMAGE_LENGTH] // 2 if where == 'inside' else 0)
+  with open(path, 'r+b') as f:
+    f.seek(int(start))
+    data = f.read(32)
+    f.seek(int(start))
+    f.write(bytes(b ^ 0x5A for b in data))
+  square_store.open_store.cache_clear()
+  return path
+
+
+@pytest.mark.parametrize('store, where', [('jpeg', 'inside'), ('jpeg', 'header'),
+                                          ('raw', 'inside')])
+def test_a_damaged_training_record_stops_the_stream_with_one_line(demo, tmp_path, store, where):
+  cfg = _store_copy(demo, tmp_path, store)
+  path = _flip_bytes(cfg, 'train', where)
+  batches = ip.host_batches(cfg, 26)
+  with pytest.raises(ip.store_reader.DamagedRecordError) as error:
+    for _ in range(4):  # a whole epoch: every record read once
+      next(batches)
+  message = str(error.value)
+  assert '\n' not in message and f'record 3 of {path} is damaged' in message
+  assert square_store.prepare_command(cfg) in message and '--skip_damaged_records' in message
+
+
+def test_skipping_damaged_records_counts_them_and_keeps_each_batch_whole(demo, tmp_path):
+  cfg = dataclasses.replace(_store_copy(demo, tmp_path), skip_damaged_records=True)
+  _flip_bytes(cfg, 'train', 'inside')
+  damaged = ip.store_reader.DamagedRecords(True, 'repair')
+  batches = ip.host_batches(cfg, 26, damaged=damaged)
+  epoch = [next(batches) for _ in range(4)]  # 104 images: every record once
+  assert damaged.count == 1
+  assert all(b['images'].shape == (26, R, R, 3) and len(b['labels']) == 26 for b in epoch)
+
+
+def test_a_damaged_evaluation_record_is_one_line(demo, tmp_path):
+  cfg = _store_copy(demo, tmp_path)
+  _flip_bytes(cfg, 'validation', 'inside', record=1)
+  with pytest.raises(config_lib.UserError) as error:
+    list(ip.eval_batches(cfg, 4, meshes.mesh(1, 1)))
+  message = str(error.value)
+  assert '\n' not in message and 'is damaged' in message
+  assert square_store.prepare_command(cfg) in message
+
+
+@pytest.mark.parametrize('damage', ['store.json', 'record_index.npz', 'dataset_info.json',
+                                    'mean_image_train.npy', 'a truncated shard'])
+def test_a_missing_or_damaged_file_is_named_and_preparing_again_repairs_the_store(
+    demo, tmp_path, damage):
+  cfg = _store_copy(demo, tmp_path)
+  directory = square_store.store_dir(cfg)
+  if damage == 'a truncated shard':
+    name = os.path.basename(square_store.open_store(cfg).info.splits['train']
+                            .file_instructions[0].filename)
+    os.truncate(os.path.join(directory, name), 1000)
+  else:
+    name = damage
+    os.remove(os.path.join(directory, name))
+  square_store.open_store.cache_clear()
+  with pytest.raises(square_store.DamagedStoreError) as error:
+    dataset.prepare(cfg)  # what a training run does first
+  assert name in str(error.value) and square_store.prepare_command(cfg) in str(error.value)
+  dataset.prepare(cfg, repair=True)  # what that command does
+  next(ip.host_batches(cfg, 8))
+  assert mean_image.mean_for(dataclasses.replace(cfg, mean='pixel')).shape == (R, R, 3)
+  assert [n for n in os.listdir(os.path.dirname(directory)) if '.damaged-' in n]  # kept
+
+
+def test_a_damaged_record_is_found_by_preparing_again(demo, tmp_path):
+  cfg = _store_copy(demo, tmp_path)
+  _flip_bytes(cfg, 'train', 'inside')
+  dataset.prepare(cfg)  # a training run's quick check: the files are all there
+  dataset.prepare(cfg, repair=True)  # --mode=prepare reads every record
+  batches = ip.host_batches(cfg, 26)
+  for _ in range(4):
+    next(batches)
+
+
+def test_what_a_stopped_preparation_left_is_removed_by_the_next(demo, tmp_path):
+  data_dir = _copy_source(demo, str(tmp_path))
+  cfg = config_lib.DataConfig(data_dir=data_dir, image_size=S, store='raw')
+  parent = os.path.dirname(square_store.store_dir(cfg))
+  os.makedirs(os.path.join(parent, 'incomplete.KILLED_1.0.0', 'half'))
+  dataset.prepare(cfg)
+  assert sorted(n for n in os.listdir(parent) if not n.startswith('.')) == [square_store.VERSION]

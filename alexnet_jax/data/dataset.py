@@ -23,15 +23,17 @@ def check_sources(cfg: DataConfig) -> None:
     tfds_data.check_sources(cfg)
 
 
-def prepare(cfg: DataConfig) -> list[str]:
+def prepare(cfg: DataConfig, repair: bool = False) -> list[str]:
   """Prepares the source dataset and the store (unless store='none'), if not there yet.
 
-  Returns the source files the source builder skipped.
+  A store that is there but damaged stops with one line (DamagedStoreError), unless
+  `repair` (--mode=prepare): then it is checked record by record and prepared again if
+  damaged. Returns the source files the source builder skipped.
   """
-  skipped = [] if store_ready(cfg) else tfds_data.prepare(cfg)
-  if cfg.store != 'none':
-    square_store.prepare(cfg)
-  return skipped
+  if cfg.store == 'none':
+    return tfds_data.prepare(cfg)
+  square_store.prepare(cfg, repair)  # and its source, if the store is to be written
+  return []
 
 
 def check_store(cfg: DataConfig) -> None:

@@ -116,23 +116,39 @@ def train_dataset(cfg: DataConfig, local_batch_size: int, *, start_position: int
 
 
 def host_batches(cfg: DataConfig, local_batch_size: int, *, start_position: int = 0,
-                 process_index: int | None = None,
-                 process_count: int | None = None) -> Iterator[dict]:
+                 process_index: int | None = None, process_count: int | None = None,
+                 damaged: store_reader.DamagedRecords | None = None) -> Iterator[dict]:
   """This reader's endless training batches, as numpy, from `start_position` on.
 
   {'images': uint8 (b, R, R, 3) squares of the store, or (b, S, S, 3) host crops of the
-  full-size images (train_dataset), 'labels': int32 (b,)}.
+  full-size images (train_dataset), 'labels': int32 (b,)}. A damaged record of the store
+  stops the stream with one line, or with cfg.skip_damaged_records is counted in `damaged`.
   """
   if cfg.store == 'none':
-    return train_dataset(cfg, local_batch_size, start_position=start_position,
-                         process_index=process_index,
-                         process_count=process_count).as_numpy_iterator()
+    return _loss_checked(train_dataset(cfg, local_batch_size, start_position=start_position,
+                                       process_index=process_index,
+                                       process_count=process_count).as_numpy_iterator(), cfg)
   builder, split, _, _, _ = _training_part(cfg, process_index, process_count)
   rows = square_store.record_index(cfg)
-  shards = [(i.filename, rows[os.path.basename(i.filename)][i.skip:i.skip + i.take])
+  shards = [(i.filename, i.skip, rows[os.path.basename(i.filename)][i.skip:i.skip + i.take])
             for i in builder.info.splits[split].file_instructions]
+  damaged = damaged or store_reader.DamagedRecords(cfg.skip_damaged_records,
+                                                   square_store.prepare_command(cfg))
   return store_reader.train_batches(shards, cfg.resize_size, local_batch_size, seed=cfg.seed,
-                                    start_position=start_position, jpeg=cfg.store == 'jpeg')
+                                    start_position=start_position, jpeg=cfg.store == 'jpeg',
+                                    damaged=damaged)
+
+
+def _loss_checked(batches: Iterator[dict], cfg: DataConfig) -> Iterator[dict]:
+  """tf.data's batches, a damaged record (its CRC fails) reported as one line."""
+  try:
+    yield from batches
+  except tf.errors.DataLossError as error:
+    what = (f'the {cfg.store} store in {square_store.store_dir(cfg)}' if cfg.store != 'none'
+            else f'the prepared {cfg.dataset} in {tfds_data.tfds_builder(cfg).data_dir}')
+    repair = (square_store.prepare_command(cfg) if cfg.store != 'none' else
+              'move it away and prepare it again with --mode=prepare')
+    raise UserError(f'{what} is damaged ({error.message.splitlines()[0]}): {repair}') from None
 
 
 def eval_steps(cfg: DataConfig, local_batch_size: int, process_count: int | None = None) -> int:
@@ -226,8 +242,8 @@ def prefetch(iterator: Iterable, size: int = 2) -> Iterator:
     yield queue.popleft()
 
 
-def train_batches(cfg: DataConfig, global_batch_size: int, mesh,
-                  start_examples: int = 0) -> Iterator[dict]:
+def train_batches(cfg: DataConfig, global_batch_size: int, mesh, start_examples: int = 0,
+                  damaged: store_reader.DamagedRecords | None = None) -> Iterator[dict]:
   """Endless {'images': uint8 (B, R, R, 3) or (B, S, S, 3), 'labels': int32 (B,)} arrays.
 
   start_examples: the examples the run has seen, over all readers (each has read its
@@ -235,7 +251,7 @@ def train_batches(cfg: DataConfig, global_batch_size: int, mesh,
   """
   local, index, count = _reader_batch(global_batch_size, mesh)
   batches = host_batches(cfg, local, start_position=start_examples // count,
-                         process_index=index, process_count=count)
+                         process_index=index, process_count=count, damaged=damaged)
   return prefetch(_to_global(batches, mesh, count))
 
 
@@ -247,7 +263,7 @@ def eval_batches(cfg: DataConfig, global_batch_size: int, mesh) -> Iterator[dict
   """
   local, index, count = _reader_batch(global_batch_size, mesh)
   ds = eval_dataset(cfg, local, process_index=index, process_count=count)
-  return prefetch(_to_global(ds.as_numpy_iterator(), mesh, count))
+  return prefetch(_to_global(_loss_checked(ds.as_numpy_iterator(), cfg), mesh, count))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +275,12 @@ class TrainingInput:
   mesh: Any
   examples_per_epoch: int
   normalizer: Any
+  damaged: store_reader.DamagedRecords
+
+  @property
+  def damaged_records(self) -> int:
+    """Damaged records of the store skipped so far (--skip_damaged_records)."""
+    return self.damaged.count
 
   @property
   def pca_std(self) -> float:
@@ -273,7 +295,7 @@ class TrainingInput:
     return self.cfg.eval_crops
 
   def train_batches(self, start_examples: int) -> Iterator[dict]:
-    return train_batches(self.cfg, self.batch_size, self.mesh, start_examples)
+    return train_batches(self.cfg, self.batch_size, self.mesh, start_examples, self.damaged)
 
   def eval_batches(self) -> Iterator[dict]:
     return eval_batches(self.cfg, self.eval_batch_size, self.mesh)
@@ -286,7 +308,9 @@ def training_input(cfg: DataConfig, batch_size: int, eval_batch_size: int, mesh,
   distributed.in_turn('mean', lambda: mean_image.normalizer_for(cfg, workdir))
   return TrainingInput(cfg, batch_size, eval_batch_size, mesh,
                        dataset.facts(cfg).train_examples,
-                       mean_image.normalizer_for(cfg, workdir))
+                       mean_image.normalizer_for(cfg, workdir),
+                       store_reader.DamagedRecords(cfg.skip_damaged_records,
+                                                   square_store.prepare_command(cfg)))
 
 
 # ----------------------------------------------------------------------------------

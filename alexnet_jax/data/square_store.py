@@ -39,6 +39,7 @@ import re
 import time
 
 from absl import logging
+import google_crc32c
 import numpy as np
 
 from alexnet_jax.config import DataConfig, UserError
@@ -56,6 +57,11 @@ _BATCH = 64  # squares summed at once for the mean images
 
 class MissingStoreError(UserError, FileNotFoundError):
   """The store the run reads is not prepared; the message names the command that makes it."""
+
+
+class DamagedStoreError(UserError):
+  """A file of the prepared store is missing or damaged; the message names the command
+  that prepares it again."""
 
 
 def config_name(cfg: DataConfig) -> str:
@@ -119,15 +125,69 @@ def read_facts(cfg: DataConfig) -> dict:
     return json.load(f)
 
 
+def _checked_files(cfg: DataConfig, records: bool = False) -> str | None:
+  """What is missing or damaged among the prepared store's files, or None.
+
+  Its metadata (TFDS's dataset_info.json, store.json), its index, the mean images and the
+  shards' sizes; with `records`, every record's CRC too (a read of the whole store).
+  """
+  path = store_dir(cfg)
+  for name in ('dataset_info.json', FACTS, INDEX):
+    if not tf.io.gfile.exists(os.path.join(path, name)):
+      return f'{os.path.join(path, name)} is missing'
+  try:
+    read_facts(cfg)
+    index = record_index(cfg)
+    builder = tfds.builder_from_directory(path)
+  except Exception as error:  # pylint: disable=broad-except  # json, zip, TFDS: any damage
+    return f'a metadata file in {path} does not read ({type(error).__name__}: {error})'
+  for split in builder.info.splits.values():
+    mean = mean_image_path(cfg, split.name)
+    if not tf.io.gfile.exists(mean):
+      return f'{mean} is missing'
+    for shard in split.file_instructions:
+      rows = index.get(os.path.basename(shard.filename))
+      if rows is None or rows.shape[1:] != (5,):
+        return f'{os.path.join(path, INDEX)} does not index {shard.filename}'
+      end = int(rows[-1, RECORD_OFFSET] + rows[-1, RECORD_LENGTH] + 4) if len(rows) else 0
+      if not tf.io.gfile.exists(shard.filename) or tf.io.gfile.stat(shard.filename).length != end:
+        return f'{shard.filename} is missing or not the size it was written with'
+      damaged = _damaged_record(shard.filename, rows) if records else None
+      if damaged is not None:
+        return f'record {damaged} of {shard.filename} is damaged (its checksum does not match)'
+  return None
+
+
+def masked_crc(crc: int) -> int:
+  """The form in which TFRecord stores the CRC-32C of a record after it."""
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _damaged_record(path: str, rows: np.ndarray) -> int | None:
+  """The first record of a shard whose CRC-32C does not match, or None."""
+  with open(path, 'rb') as f:
+    for number, (offset, length) in enumerate(rows[:, [RECORD_OFFSET, RECORD_LENGTH]]):
+      f.seek(int(offset))
+      data = f.read(int(length) + 4)
+      if masked_crc(google_crc32c.value(data[:-4])) != int.from_bytes(data[-4:], 'little'):
+        return number
+  return None
+
+
 @functools.cache
 def open_store(cfg: DataConfig) -> tfds.core.DatasetBuilder:
-  """The prepared store of cfg, for reading; MissingStoreError (one line) if there is none.
+  """The prepared store of cfg, for reading; one line if there is none, or it is damaged
+  (MissingStoreError, DamagedStoreError: each names the command that prepares it).
 
   Opened once per data config (an error is not cached: a later call looks again).
   """
   path = store_dir(cfg)
-  if not is_prepared(cfg):
+  if not tf.io.gfile.isdir(path):
     raise MissingStoreError(_missing_message(cfg))
+  damage = _checked_files(cfg)
+  if damage:
+    raise DamagedStoreError(f'the store is damaged: {damage}. Prepare it again with: '
+                            f'{prepare_command(cfg)}')
   facts = read_facts(cfg)
   expected = _facts(cfg)
   wrong = {key: facts.get(key) for key, value in expected.items() if facts.get(key) != value}
@@ -151,8 +211,14 @@ def decode_square(data: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
   return tf.ensure_shape(image, [size, size, 3])
 
 
+# The index's columns, per record of a shard.
+IMAGE_OFFSET, IMAGE_LENGTH, LABEL, RECORD_OFFSET, RECORD_LENGTH = range(5)
+
+
 def record_index(cfg: DataConfig) -> dict[str, np.ndarray]:
-  """The store's index: shard file name -> int64 (examples, 3): image offset, length, label."""
+  """The store's index: shard file name -> int64 (records, 5): each record's image offset
+  and length in the file, its label, and where its serialized example lies (whose CRC
+  follows it: store_reader.py checks it)."""
   with tf.io.gfile.GFile(os.path.join(store_dir(cfg), INDEX), 'rb') as f:
     return dict(np.load(io.BytesIO(f.read())))
 
@@ -165,7 +231,7 @@ def _varint(value: int) -> bytes:
 
 
 def _index_shard(path: str) -> np.ndarray:
-  """(offset of its image bytes in the file, their length, label) of each record of a shard.
+  """The record_index rows of a shard's records.
 
   TFRecord framing: uint64 length, uint32 CRC, the serialized tf.train.Example, uint32
   CRC. The image is found as its own bytes field (BytesList.value: tag 0x0a, length,
@@ -183,9 +249,9 @@ def _index_shard(path: str) -> np.ndarray:
       if start < 0:
         raise ValueError(f'{path}: record {len(rows)} holds no image bytes field.')
       rows.append((position + 12 + start + len(field) - len(image), len(image),
-                   example['label'].int64_list.value[0]))
+                   example['label'].int64_list.value[0], position + 12, length))
       position += 12 + length + 4
-  return np.array(rows, np.int64).reshape(-1, 3)
+  return np.array(rows, np.int64).reshape(-1, 5)
 
 
 # ----------------------------------------------------------------------------------
@@ -305,14 +371,38 @@ class _SquareStore(tfds_data.OwnWords, tfds.core.GeneratorBasedBuilder, skip_reg
       json.dump(facts, f, indent=1)
 
 
-def prepare(cfg: DataConfig) -> dict | None:
+def prepare(cfg: DataConfig, repair: bool = False) -> dict | None:
   """Writes cfg's store from its prepared source, unless it is there already.
 
   Returns its facts (read_facts), None if the store was there (nothing is touched then).
+  A store that is there but damaged (a file missing or unreadable) raises DamagedStoreError,
+  unless `repair`: then every record's CRC is checked too, and a damaged store is moved
+  aside (to VERSION.damaged-<time>, for the user to delete) and prepared again.
   """
-  if is_prepared(cfg):
-    open_store(cfg)  # checks that it is this run's store
+  path = store_dir(cfg)
+  if tf.io.gfile.isdir(path) and not repair:
+    open_store(cfg)  # checks its files, and that it is this run's store
     return None
+  damage = _checked_files(cfg, records=True) if tf.io.gfile.isdir(path) else 'missing'
+  if damage is None:
+    open_store(cfg)
+    return None
+  with tfds_data.preparing(path):
+    if damage != 'missing':
+      aside = f'{path}.damaged-{time.strftime("%Y%m%d-%H%M%S")}'
+      tf.io.gfile.rename(path, aside)
+      logging.warning('The store in %s is damaged (%s): moved to %s (delete it once the new '
+                      'one is prepared); preparing it again.', path, damage, aside)
+    open_store.cache_clear()
+    if tf.io.gfile.isdir(path):  # another preparation made it while this one waited
+      open_store(cfg)
+      return None
+    return _build(cfg)
+
+
+def _build(cfg: DataConfig) -> dict:
+  """Writes cfg's store (and first its source, if that is not prepared); returns its facts."""
+  tfds_data.prepare(cfg)
 
   class AlexnetSquares(_SquareStore, skip_registration=True):  # TFDS's name: alexnet_squares
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=config_name(cfg))]

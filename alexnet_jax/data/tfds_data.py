@@ -10,14 +10,16 @@ run never meets them. Any other TFDS dataset is prepared by its own builder.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import io
 import os
+import shutil
 import sys
 import tarfile
 import tempfile
 import time
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from absl import logging
 from PIL import Image
@@ -181,6 +183,26 @@ def check_sources(cfg: DataConfig) -> None:
     check_manual_dir(cfg)
 
 
+@contextlib.contextmanager
+def preparing(version_dir: str) -> Iterator[None]:
+  """Holds the preparation lock of a dataset's folder, and removes what a stopped preparation
+  left there first (TFDS's incomplete.* folders). A second preparation waits for the
+  first, then finds the dataset prepared."""
+  parent = os.path.dirname(version_dir.rstrip('/'))
+  if '://' in parent:  # no POSIX locks on remote file systems: TFDS's own renames only
+    yield
+    return
+  os.makedirs(parent, exist_ok=True)
+  with open(os.path.join(parent, '.preparing'), 'a') as lock:
+    fcntl.lockf(lock, fcntl.LOCK_EX)  # released when this process ends, however
+    for name in sorted(os.listdir(parent)):
+      if name.startswith(tfds.core.constants.INCOMPLETE_PREFIX):
+        shutil.rmtree(os.path.join(parent, name))
+        logging.info('Removed %s, left by a preparation that was stopped.',
+                     os.path.join(parent, name))
+    yield
+
+
 def prepare(cfg: DataConfig) -> list[str]:
   """Builds the TFDS dataset if it is not there yet; returns the files it skipped.
 
@@ -188,8 +210,15 @@ def prepare(cfg: DataConfig) -> list[str]:
   work); other datasets are downloaded by TFDS.
   """
   check_sources(cfg)
-  if is_prepared(tfds_builder(cfg)):
+  builder = tfds_builder(cfg)
+  if is_prepared(builder):
     return []
+  with preparing(builder.data_dir):
+    return [] if is_prepared(tfds_builder(cfg)) else _build(cfg)
+
+
+def _build(cfg: DataConfig) -> list[str]:
+  """Runs the dataset's TFDS builder; returns the files it skipped."""
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()  # a log file would get the bars' escape codes
   if cfg.dataset != IMAGENET:

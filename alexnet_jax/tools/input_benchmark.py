@@ -87,10 +87,11 @@ def jpeg_decode_rate(cfg: DataConfig, seconds: float = 5.0) -> float:
   """Images per CPU-second of decoding the JPEG store's squares alone (one thread, from
   memory): the ceiling of its reader."""
   name, rows = next(iter(square_store.record_index(cfg).items()))
-  rows = rows[:256]
+  offsets, lengths = (rows[:256, k] for k in (square_store.IMAGE_OFFSET,
+                                               square_store.IMAGE_LENGTH))
   with open(os.path.join(square_store.store_dir(cfg), name), 'rb') as f:
-    data = f.read(int((rows[:, 0] + rows[:, 1]).max()))
-  jpegs = [data[offset:offset + length] for offset, length, _ in rows]
+    data = f.read(int((offsets + lengths).max()))
+  jpegs = [data[offset:offset + length] for offset, length in zip(offsets, lengths)]
   square = np.empty((cfg.resize_size, cfg.resize_size, 3), np.uint8)
 
   def decode() -> int:
