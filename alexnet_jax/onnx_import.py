@@ -58,8 +58,9 @@ _DEFAULT_DOMAINS = ('', 'ai.onnx')
 def read(path: str) -> tuple[ModelConfig, dict]:
   """(the net's ModelConfig, its float32 numpy parameters in the tree of model.init_params).
 
-  Raises NotOnnxError, DamagedOnnxError or ArchitectureError (all OnnxImportError, a
-  config.UserError) with one line naming the file and what is wrong.
+  Raises an OnnxImportError (a config.UserError) of one line naming the file and what is
+  wrong: NotOnnxError, DamagedOnnxError, ArchitectureError (naming the first layer that
+  differs), or OnnxImportError itself for a file it cannot read or weights kept outside it.
   """
   return _Graph(path, _load(path).graph).read()
 
