@@ -18,6 +18,7 @@ A checkpoint of another configuration or state layout is refused, and nothing mo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -29,10 +30,14 @@ from orbax.checkpoint import checkpoint_managers
 
 from alexnet_jax import distributed
 from alexnet_jax import integrity
-from alexnet_jax.config import UserError
+from alexnet_jax.config import ModelConfig, UserError
 
-# Settings that change the parameters' shapes: a checkpoint only fits the same ones.
-SHAPE_FIELDS = ('towers', 'num_classes', 'image_size', 'width', 'crossings')
+# Settings that change the parameters' shapes, or what Caffe's net computes with the same
+# shapes (its LRN, geometry and input): a checkpoint only fits the same ones.
+SHAPE_FIELDS = ('towers', 'num_classes', 'image_size', 'width', 'crossings', 'lrn_variant',
+                'conv1_padding', 'pool_rounding', 'input_convention')
+# A checkpoint written before a field existed has its default.
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
 # What must be finite in a good state (the plateau rule's best value starts at inf).
 FINITE = ('params/', 'opt_state/')
 # Orbax warns so at every save without metrics once best_fn is set; most saves have none.
@@ -79,8 +84,9 @@ def _same(a, b) -> bool:
 
 def check_compatible(saved: dict, current: dict, where: str) -> None:
   """Raises CheckpointMismatchError naming every shape setting that differs."""
-  differences = [f'{key}={saved.get(key)!r} there, {current.get(key)!r} here'
-                 for key in SHAPE_FIELDS if not _same(saved.get(key), current.get(key))]
+  saved = {key: saved.get(key, _DEFAULTS[key]) for key in SHAPE_FIELDS}
+  differences = [f'{key}={saved[key]!r} there, {current.get(key)!r} here'
+                 for key in SHAPE_FIELDS if not _same(saved[key], current.get(key))]
   if differences:
     raise CheckpointMismatchError(
         f'the checkpoint in {where} belongs to another model: {"; ".join(differences)}. '

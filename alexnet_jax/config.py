@@ -33,6 +33,11 @@ PAPER_CROSSINGS = ('conv3', 'fc6', 'fc7', 'fc8')
 CROSSABLE = ('conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 INIT_SCHEMES = ('paper', 'caffe', 'he')
 DTYPES = ('float32', 'bfloat16')
+# Caffe's bvlc_alexnet (the released two-tower net) departs from the paper in these:
+LRN_VARIANTS = ('paper', 'caffe')            # constants and reach in model.LRN
+CONV1_PADDINGS = ('cuda-convnet', 'valid')   # see geometry.feature_maps
+POOL_ROUNDINGS = ('floor', 'ceil')           # see geometry.pooled
+INPUT_CONVENTIONS = ('paper', 'caffe')       # see preprocess.caffe_input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +53,14 @@ class ModelConfig:
   dtype: str = 'float32'                # compute dtype; parameters stay float32
   init: str = 'paper'                   # 'paper', 'caffe' or 'he' (see model.layer_init)
   crossings: tuple[str, ...] = PAPER_CROSSINGS  # layers that read every tower
+  # paper: k=2, alpha not divided by n, within each tower; caffe: k=1, alpha / n, across
+  # all channels of the layer (a tower's edge channels read the other tower's).
+  lrn_variant: str = 'paper'
+  conv1_padding: str = 'cuda-convnet'   # or 'valid' (Caffe's): see geometry.feature_maps
+  pool_rounding: str = 'floor'          # or 'ceil' (Caffe's): see geometry.pooled
+  # The input the weights expect: paper: RGB minus the run's mean; caffe: BGR minus Caffe's
+  # mean pixel (both on 0..255). Read by the input pipeline, not by the net.
+  input_convention: str = 'paper'
 
   def validate(self) -> None:
     if self.towers not in (1, 2):
@@ -55,6 +68,10 @@ class ModelConfig:
                       '1 its one-GPU ablation.')
     _one_of('dtype', self.dtype, DTYPES)
     _one_of('init', self.init, INIT_SCHEMES)
+    _one_of('lrn_variant', self.lrn_variant, LRN_VARIANTS)
+    _one_of('conv1_padding', self.conv1_padding, CONV1_PADDINGS)
+    _one_of('pool_rounding', self.pool_rounding, POOL_ROUNDINGS)
+    _one_of('input_convention', self.input_convention, INPUT_CONVENTIONS)
     if not 0.0 <= self.dropout_rate < 1.0:
       raise UserError(f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     if not self.width > 0:

@@ -2,7 +2,8 @@
 
 A leaf: it imports nothing of the package, so the config (which refuses an input too small
 for the net) and the model (whose layer table it sizes) both take it from here. Each
-function reads what it needs of a ModelConfig: image_size, overlapping_pool.
+function reads what it needs of a ModelConfig: image_size, overlapping_pool, conv1_padding,
+pool_rounding.
 """
 
 from __future__ import annotations
@@ -25,9 +26,17 @@ def pool_window(config) -> tuple[int, int]:
   return (3, 2) if config.overlapping_pool else (2, 2)
 
 
-def _pooled(size: int, config) -> int:
+def pooled(size: int, config) -> tuple[int, int]:
+  """(output side, -inf padding on the bottom/right) of a max-pool over `size` positions.
+
+  floor (the paper's, cuda-convnet's): every window lies inside the map. ceil (Caffe's):
+  ceil((size - window) / stride) + 1 windows, the last one padded where it passes the edge.
+  """
   window, stride = pool_window(config)
-  return (size - window) // stride + 1
+  if config.pool_rounding == 'ceil':
+    out = -(-(size - window) // stride) + 1
+    return out, max(0, (out - 1) * stride + window - size)
+  return (size - window) // stride + 1, 0
 
 
 def feature_maps(config) -> FeatureMaps:
@@ -35,13 +44,15 @@ def feature_maps(config) -> FeatureMaps:
 
   conv1 (11x11, stride 4) has no padding on the left; like cuda-convnet, its output has
   1 + ceil((S - 11) / 4) positions, so 227 is exact and 224 gets 3 pixels of zero padding
-  on the bottom/right: both give 55.
+  on the bottom/right: both give 55. With conv1_padding='valid' (Caffe's) it has
+  1 + floor((S - 11) / 4): 54 for 224, the last pixel of each row and column unread.
   """
-  conv1 = 1 + -(-(config.image_size - 11) // 4)
-  pool1 = _pooled(conv1, config)
-  pool2 = _pooled(pool1, config)
-  return FeatureMaps(conv1, (conv1 - 1) * 4 + 11 - config.image_size, pool1, pool2,
-                     _pooled(pool2, config))
+  positions = config.image_size - 11
+  conv1 = 1 + (positions // 4 if config.conv1_padding == 'valid' else -(-positions // 4))
+  pool1, _ = pooled(conv1, config)
+  pool2, _ = pooled(pool1, config)
+  return FeatureMaps(conv1, max(0, (conv1 - 1) * 4 + 11 - config.image_size), pool1, pool2,
+                     pooled(pool2, config)[0])
 
 
 def smallest_image_size(config) -> int:

@@ -4,9 +4,11 @@ The model knows towers, not devices. Every tower-local parameter carries a leadi
 tower axis, and a layer runs one convolution (or matrix product) per tower that is
 present in the arrays it is given. Where a layer reads the other tower (the four
 crossings: into conv3, fc6, fc7 and fc8), it asks a `TowerExchange` for the
-activations of all towers. `LocalTowers` (every tower on this device) concatenates
-them; `alexnet_jax.parallel` supplies an exchange that calls collectives over the
-mesh's 'tower' axis. Nothing here knows about meshes.
+activations of all towers. Caffe's LRN (`lrn_variant='caffe'`) adds a crossing at
+conv1's and conv2's LRN: it asks for the edge channels of the neighbouring tower.
+`LocalTowers` (every tower on this device) concatenates them; `alexnet_jax.parallel`
+supplies an exchange that calls collectives over the mesh's 'tower' axis. Nothing here
+knows about meshes.
 """
 
 from __future__ import annotations
@@ -30,10 +32,35 @@ PAPER_WIDTHS = {
     2: {'conv1': 96, 'conv2': 256, 'conv3': 384, 'conv4': 384, 'conv5': 256, 'fc6': 4096, 'fc7': 4096},
     1: {'conv1': 48, 'conv2': 128, 'conv3': 192, 'conv4': 192, 'conv5': 256, 'fc6': 4096, 'fc7': 4096},
 }
-# Local response normalization, paper section 3.3, in the paper's own convention:
-# b_i = a_i / (k + alpha * sum_{|j-i| <= n/2} a_j^2) ** beta, alpha NOT divided by n
-# (= tf.nn.local_response_normalization(depth_radius=2, bias=2, alpha=1e-4, beta=0.75)).
-LRN_K, LRN_N, LRN_ALPHA, LRN_BETA = 2.0, 5, 1e-4, 0.75
+
+
+@dataclasses.dataclass(frozen=True)
+class LRNConstants:
+  """b_i = a_i / (k + alpha' * sum_{|j-i| <= n/2} a_j^2) ** beta, alpha' = alpha / n or alpha."""
+  k: float
+  n: int
+  alpha: float              # as its authors write it
+  beta: float
+  alpha_over_n: bool        # the sum is multiplied by alpha / n (Caffe, ONNX, PyTorch)
+  across_towers: bool       # the window runs over the whole layer's channels, not one tower's
+
+  @property
+  def coefficient(self) -> float:
+    return self.alpha / self.n if self.alpha_over_n else self.alpha
+
+
+# Local response normalization, ModelConfig.lrn_variant -> its constants.
+LRN = {
+    # Paper section 3.3 in its own convention, alpha NOT divided by n, within each tower
+    # (= tf.nn.local_response_normalization(depth_radius=2, bias=2, alpha=1e-4, beta=0.75)).
+    'paper': LRNConstants(k=2.0, n=5, alpha=1e-4, beta=0.75, alpha_over_n=False,
+                          across_towers=False),
+    # Caffe's bvlc_alexnet (lrn_param local_size 5, alpha 1e-4, beta 0.75, k 1 by default),
+    # ONNX's LRN(size=5, alpha=1e-4, beta=0.75, bias=1): one window over all 96 or 256
+    # channels, so the two channels at each tower's edge come from the other tower.
+    'caffe': LRNConstants(k=1.0, n=5, alpha=1e-4, beta=0.75, alpha_over_n=True,
+                          across_towers=True),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +76,7 @@ class LayerSpec:
   conv_size: int = 0        # spatial size after the convolution
   lrn: bool = False
   pool: bool = False
+  pool_pad: int = 0         # -inf rows/columns at the pool's bottom/right (ceil rounding)
   out_size: int = 0         # spatial size after pooling (conv_size if no pool)
   relu: bool = True
   dropout: bool = False
@@ -68,6 +96,7 @@ def layer_specs(config: ModelConfig) -> list[LayerSpec]:
   """The paper's layer table for this configuration; the model is built from it."""
   towers = config.towers
   sizes = geometry.feature_maps(config)
+  pool_pad = lambda size: geometry.pooled(size, config)[1]
 
   def reads(name: str, own: int) -> tuple[int, bool]:
     crosses = name in config.crossings and towers > 1
@@ -77,15 +106,16 @@ def layer_specs(config: ModelConfig) -> list[LayerSpec]:
   previous = 3
   layout = {
       'conv1': dict(kernel=11, stride=4, padding=((0, sizes.conv1_pad),) * 2,
-                    conv_size=sizes.conv1, lrn=config.lrn, pool=True, out_size=sizes.pool1),
+                    conv_size=sizes.conv1, lrn=config.lrn, pool=True,
+                    pool_pad=pool_pad(sizes.conv1), out_size=sizes.pool1),
       'conv2': dict(kernel=5, padding=((2, 2), (2, 2)), conv_size=sizes.pool1, lrn=config.lrn,
-                    pool=True, out_size=sizes.pool2),
+                    pool=True, pool_pad=pool_pad(sizes.pool1), out_size=sizes.pool2),
       'conv3': dict(kernel=3, padding=((1, 1), (1, 1)), conv_size=sizes.pool2,
                     out_size=sizes.pool2),
       'conv4': dict(kernel=3, padding=((1, 1), (1, 1)), conv_size=sizes.pool2,
                     out_size=sizes.pool2),
       'conv5': dict(kernel=3, padding=((1, 1), (1, 1)), conv_size=sizes.pool2, pool=True,
-                    out_size=sizes.pool5),
+                    pool_pad=pool_pad(sizes.pool2), out_size=sizes.pool5),
       'fc6': dict(dropout=True),
       'fc7': dict(dropout=True),
   }
@@ -108,22 +138,29 @@ def layer_specs(config: ModelConfig) -> list[LayerSpec]:
 # Building blocks.
 
 
-def local_response_norm(x: jax.Array) -> jax.Array:
-  """Paper's LRN over the channel (last) axis of one tower's activations."""
-  squared = jnp.square(x.astype(jnp.float32))
-  half = LRN_N // 2
+def local_response_norm(x: jax.Array, variant: str = 'paper',
+                        widened: jax.Array | None = None) -> jax.Array:
+  """LRN (model.LRN[variant]) over the channel (last) axis of one tower's activations.
+
+  widened: x with n // 2 channels of the neighbouring towers on each side (zeros past the
+  layer's ends), for a window across towers; None: the window stops at x's own channels.
+  """
+  lrn = LRN[variant]
+  half = lrn.n // 2
+  squared = jnp.square((x if widened is None else widened).astype(jnp.float32))
   window_sum = lax.reduce_window(
       squared, 0.0, lax.add,
-      window_dimensions=(1,) * (x.ndim - 1) + (LRN_N,),
+      window_dimensions=(1,) * (x.ndim - 1) + (lrn.n,),
       window_strides=(1,) * x.ndim,
-      padding=((0, 0),) * (x.ndim - 1) + ((half, half),))
-  scale = (LRN_K + LRN_ALPHA * window_sum) ** -LRN_BETA
+      padding=((0, 0),) * (x.ndim - 1) + (((half, half),) if widened is None else ((0, 0),)))
+  scale = (lrn.k + lrn.coefficient * window_sum) ** -lrn.beta
   return (x * scale).astype(x.dtype)
 
 
-def max_pool(x: jax.Array, config: ModelConfig) -> jax.Array:
+def max_pool(x: jax.Array, config: ModelConfig, pad: int = 0) -> jax.Array:
   window, stride = geometry.pool_window(config)
-  return nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
+  padding = ((0, pad), (0, pad)) if pad else 'VALID'  # flax pads a max-pool with -inf
+  return nn.max_pool(x, (window, window), strides=(stride, stride), padding=padding)
 
 
 def layer_init(config: ModelConfig, name: str):
@@ -160,6 +197,10 @@ class TowerExchange(Protocol):
   def example_ids(self, batch: int) -> jax.Array:
     """Global indices of the examples in this call's batch (dropout keys)."""
 
+  def halo(self, parts: Sequence[jax.Array], width: int) -> list[jax.Array]:
+    """Each local tower's activations widened by `width` channels on each side: the edge
+    channels of the neighbouring towers in the layer, zeros past its first and last."""
+
 
 @dataclasses.dataclass(frozen=True)
 class LocalTowers:
@@ -177,6 +218,11 @@ class LocalTowers:
 
   def example_ids(self, batch):
     return jnp.arange(batch)
+
+  def halo(self, parts, width):
+    layer = jnp.pad(self.gather(parts), ((0, 0),) * (parts[0].ndim - 1) + ((width, width),))
+    channels = parts[0].shape[-1]
+    return [layer[..., t * channels:(t + 1) * channels + 2 * width] for t in range(len(parts))]
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array, example_ids: jax.Array) -> jax.Array:
@@ -267,6 +313,9 @@ class AlexNet(nn.Module):
       if not spec.is_conv:
         towers = [h.reshape(h.shape[0], -1) for h in towers]
       towers = TowerLayer(spec, config, exchange.local_towers, name=spec.name)(towers)
+      towers = [nn.relu(h) for h in towers]
+      if spec.lrn:
+        towers = self._normalize(towers, spec, exchange)
       towers = [self._after(h, spec, index, train, dropout_rng, exchange, t)
                 for t, h in enumerate(towers)]
       self.sow('intermediates', f'{spec.name}_output', towers)  # kept only when asked for (tests, figures)
@@ -274,13 +323,20 @@ class AlexNet(nn.Module):
     logits = Classifier(fc8, config, exchange, name=fc8.name)(towers)
     return logits.astype(jnp.float32)
 
+  def _normalize(self, towers, spec, exchange):
+    """LRN within each tower, or across the towers (Caffe's): the edge channels of the
+    neighbouring tower come from the exchange."""
+    variant = self.config.lrn_variant
+    if not LRN[variant].across_towers:
+      return [local_response_norm(h, variant) for h in towers]
+    with jax.named_scope(f'cross_into_{spec.name}_lrn'):
+      widened = exchange.halo(towers, LRN[variant].n // 2)
+    return [local_response_norm(h, variant, w) for h, w in zip(towers, widened)]
+
   def _after(self, h, spec, index, train, dropout_rng, exchange, local_tower):
-    """ReLU, then LRN / max-pool / dropout where the layer has them."""
-    h = nn.relu(h)
-    if spec.lrn:
-      h = local_response_norm(h)
+    """Max-pool / dropout where the layer has them."""
     if spec.pool:
-      h = max_pool(h, self.config)
+      h = max_pool(h, self.config, spec.pool_pad)
     if spec.dropout and train and self.config.dropout_rate > 0:
       key = jax.random.fold_in(jax.random.fold_in(dropout_rng, index),
                                exchange.tower_index(local_tower))

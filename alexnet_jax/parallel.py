@@ -4,7 +4,8 @@ Mesh axis 'tower' has size 1 or 2. With 2, device (d, t) holds tower t of data s
 as the paper's two GPUs did; with 1, every device holds both towers and runs them one
 after the other. Axis 'data' splits the batch. Inside the shard_map each device runs
 its local towers; the only collectives over 'tower' are the four crossings the model
-asks for (all-gather into conv3, fc6, fc7; a sum of partial logits into fc8).
+asks for (all-gather into conv3, fc6, fc7; a sum of partial logits into fc8), and with
+Caffe's LRN an all-gather of the two edge channels each tower's neighbour reads.
 """
 
 from __future__ import annotations
@@ -58,6 +59,22 @@ class MeshTowers(model_lib.LocalTowers):
 
   def example_ids(self, batch):
     return lax.axis_index(DATA) * batch + jnp.arange(batch)
+
+  def halo(self, parts, width):
+    if self.tower_devices == 1:
+      return super().halo(parts, width)
+    # One tower per device, so one neighbour: tower 0 sends its last `width` channels,
+    # tower 1 its first, and each takes the other's out of the gather. Slicing the
+    # zero-padded tower keeps the zeros past the layer's ends however few channels it has.
+    (x,) = parts
+    channels = x.shape[-1]
+    padded = jnp.pad(x, ((0, 0),) * (x.ndim - 1) + ((width, width),))
+    first = lax.axis_index(TOWER) == 0
+    sent = jnp.where(first, padded[..., channels:channels + width], padded[..., width:2 * width])
+    got = lax.all_gather(sent, TOWER, axis=x.ndim - 1, tiled=True)
+    return [jnp.where(first,
+                      jnp.concatenate([padded[..., :channels + width], got[..., width:]], -1),
+                      jnp.concatenate([got[..., :width], padded[..., width:]], -1))]
 
 
 def unboxed(boxed_params):

@@ -16,6 +16,11 @@ import numpy as np
 # cuda-convnet2's per-channel ImageNet mean (RGB, 0..255): the usual stand-in for the
 # paper's per-pixel mean image.
 CHANNEL_MEAN = np.array([127.30, 119.72, 104.91], np.float32)
+# Caffe's input convention (ModelConfig.input_convention='caffe', bvlc_alexnet and the ONNX
+# Model Zoo's file of it): BGR on 0..255 minus the mean pixel of Caffe's ImageNet mean image
+# (python/caffe/imagenet/ilsvrc_2012_mean.npy averaged over pixels, as Caffe's classification
+# example does), in B, G, R order.
+CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], np.float32)
 # ImageNet's per-channel pixel std on 0..255 (torchvision's 0.229, 0.224, 0.225 x 255).
 # The paper does not divide by it; He-normal init assumes unit-scale input and needs it.
 CHANNEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -67,6 +72,15 @@ def normalize(images: jax.Array, *, mean: jax.Array | np.ndarray,
     x = x + shift[..., None, None, :]
   x = x - jnp.asarray(mean, jnp.float32)
   return x if std is None else x / jnp.asarray(std, jnp.float32)
+
+
+def caffe_input(images: jax.Array | np.ndarray) -> jax.Array:
+  """uint8 RGB images (..., H, W, 3) -> float32 input of input_convention='caffe'.
+
+  Channels reversed to B, G, R, kept on 0..255, minus CAFFE_MEAN_BGR: what Caffe's
+  Transformer makes (channel_swap (2, 1, 0), raw_scale 255, the mean pixel), in NHWC.
+  """
+  return jnp.asarray(images).astype(jnp.float32)[..., ::-1] - CAFFE_MEAN_BGR
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -47,8 +47,8 @@ class TowerLRN(nn.Module):
   def __init__(self, towers: int):
     super().__init__()
     self.towers = towers
-    self.lrn = nn.LocalResponseNorm(model_lib.LRN_N, alpha=model_lib.LRN_N * model_lib.LRN_ALPHA,
-                                    beta=model_lib.LRN_BETA, k=model_lib.LRN_K)
+    lrn = model_lib.LRN['paper']
+    self.lrn = nn.LocalResponseNorm(lrn.n, alpha=lrn.n * lrn.alpha, beta=lrn.beta, k=lrn.k)
 
   def forward(self, x):
     return torch.cat([self.lrn(part) for part in x.chunk(self.towers, dim=1)], dim=1)

@@ -1,5 +1,6 @@
 """Small shared pieces for mesh tests: a tiny config, its parameters and compiled steps."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -12,6 +13,10 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 
 TINY = config_lib.ModelConfig(num_classes=10, image_size=67, width=0.125, init='he')
+# Caffe's bvlc_alexnet options. At 72 pixels conv1 leaves its last pixel unread (16
+# positions, not 17) and each of the three pools pads its last window (8, 4, 2).
+CAFFE = dataclasses.replace(TINY, image_size=72, lrn_variant='caffe', conv1_padding='valid',
+                            pool_rounding='ceil', input_convention='caffe')
 BATCH = 8
 
 
@@ -24,9 +29,11 @@ def host_params(config=TINY, seed=0):
   return nn.unbox(model_lib.init_params(config, jax.random.key(seed)))
 
 
-def batch(config=TINY, seed=1):
+def batch(config=TINY, seed=1, scale=1.0):
+  """(images, labels); scale: the images' std (60: about that of 0..255 pixels less the mean)."""
   rng = np.random.default_rng(seed)
-  images = rng.normal(size=(BATCH, config.image_size, config.image_size, 3)).astype(np.float32)
+  images = scale * rng.normal(size=(BATCH, config.image_size, config.image_size, 3))
+  images = images.astype(np.float32)
   labels = rng.integers(0, config.num_classes, size=(BATCH,)).astype(np.int32)
   return images, labels
 

@@ -3,7 +3,9 @@
 It shares no code with alexnet_jax.model. It takes the tower-stacked parameters of the
 real model and rearranges them into the weights of one grouped network:
 conv2/4/5 use feature_group_count=2, the crossing layers are ordinary layers over all
-channels, and fc8 is one dense layer over the concatenated fc7.
+channels, and fc8 is one dense layer over the concatenated fc7. With caffe=True it is
+Caffe's bvlc_alexnet: LRN (k=1, alpha/5) over all channels of the layer, conv1 without
+padding, pools in ceil mode.
 """
 
 import jax
@@ -27,19 +29,24 @@ def lrn_numpy(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
   return out
 
 
-def _lrn_per_group(x, groups):
-  """LRN within each tower's channels, via a cumulative sum (another route than the model's)."""
+def _lrn_per_group(x, groups, k=2.0, alpha=1e-4):
+  """LRN within each group's channels, via a cumulative sum (another route than the model's)."""
   parts = []
   for part in jnp.split(x, groups, axis=-1):
     sq = jnp.pad(jnp.square(part), [(0, 0)] * 3 + [(3, 2)])
     csum = jnp.cumsum(sq, axis=-1)
     window = csum[..., 5:] - csum[..., :-5]
-    parts.append(part / (2.0 + 1e-4 * window) ** 0.75)
+    parts.append(part / (k + alpha * window) ** 0.75)
   return jnp.concatenate(parts, axis=-1)
 
 
-def _pool(x):
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), 'VALID')
+def _pool(x, ceil=False):
+  """3x3/2 max-pool; ceil: Caffe's ceil((H - 3) / 2) + 1 windows, the last partly outside."""
+  pad = 0
+  if ceil and (x.shape[1] - 3) % 2:
+    pad = 1
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                           ((0, 0), (0, pad), (0, pad), (0, 0)))
 
 
 def grouped_weights(params):
@@ -55,13 +62,15 @@ def grouped_weights(params):
   return weights
 
 
-def logits(params, images, lrn=True):
+def logits(params, images, lrn=True, caffe=False):
   """Forward pass of the grouped network (dropout off)."""
   w = grouped_weights(params)
   x = images
   for name in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5'):
     kernel, bias = w[name]
-    if name == 'conv1':  # cuda-convnet: pad bottom/right until 1 + ceil((S - 11) / 4) outputs
+    if name == 'conv1' and caffe:
+      pad = ((0, 0), (0, 0))
+    elif name == 'conv1':  # cuda-convnet: pad bottom/right until 1 + ceil((S - 11) / 4) outputs
       out = -(-(x.shape[1] - 11) // 4) + 1
       pad = ((0, (out - 1) * 4 + 11 - x.shape[1]),) * 2
     else:
@@ -72,9 +81,9 @@ def logits(params, images, lrn=True):
                                  precision=lax.Precision.HIGHEST) + bias
     x = jax.nn.relu(x)
     if name in ('conv1', 'conv2') and lrn:
-      x = _lrn_per_group(x, 2)
+      x = _lrn_per_group(x, 1, k=1.0, alpha=1e-4 / 5) if caffe else _lrn_per_group(x, 2)
     if name in ('conv1', 'conv2', 'conv5'):
-      x = _pool(x)
+      x = _pool(x, ceil=caffe)
   x = x.reshape(x.shape[0], -1)
   for name in ('fc6', 'fc7'):
     kernel, bias = w[name]

@@ -1,4 +1,4 @@
-"""The towers talk only at the paper's four crossings, counted in lowered and compiled HLO."""
+"""The towers talk only at the paper's four crossings (and Caffe's LRN halos), counted in HLO."""
 
 import collections
 import dataclasses
@@ -8,7 +8,9 @@ import optax
 import pytest
 
 from alexnet_jax.tools import communication
+from alexnet_jax.tools import summary
 from alexnet_jax import parallel
+from alexnet_jax import train
 from tests import meshes
 
 # Forward: an all-gather into conv3, fc6 and fc7 (each tower reads both towers'
@@ -20,6 +22,12 @@ FORWARD = collections.Counter({('all-gather', 'conv3'): 1, ('all-gather', 'fc6')
 GRADIENT = FORWARD + collections.Counter({('reduce-scatter', 'conv3'): 1,
                                           ('reduce-scatter', 'fc6'): 1,
                                           ('reduce-scatter', 'fc7'): 1})
+# Caffe's LRN reads the neighbouring tower's two edge channels after conv1 and conv2: one
+# all-gather each, and its transpose in the gradient.
+LRN_HALOS = collections.Counter({('all-gather', 'conv1_lrn'): 1, ('all-gather', 'conv2_lrn'): 1})
+CAFFE_FORWARD = FORWARD + LRN_HALOS
+CAFFE_GRADIENT = GRADIENT + LRN_HALOS + collections.Counter({('reduce-scatter', 'conv1_lrn'): 1,
+                                                             ('reduce-scatter', 'conv2_lrn'): 1})
 
 
 def _hlo_texts(config, shape, gradient: bool):
@@ -45,10 +53,11 @@ def tower_collectives(ops):
   return collections.Counter((op.kind, op.layer) for op in ops if op.axis == parallel.TOWER)
 
 
-def check_crossings(config, shape, gradient):
-  """Raises AssertionError unless tower collectives are exactly the paper's crossings."""
+def check_crossings(config, shape, gradient, expected=None):
+  """Raises AssertionError unless tower collectives are exactly `expected` (default: the
+  paper's crossings)."""
   mesh, lowered, compiled = _hlo_texts(config, shape, gradient)
-  expected = GRADIENT if gradient else FORWARD
+  expected = expected or (GRADIENT if gradient else FORWARD)
   for stage, text in (('lowered', lowered), ('compiled', compiled)):
     ops = communication.collectives(text, mesh)
     got = tower_collectives(ops)
@@ -65,6 +74,25 @@ def check_crossings(config, shape, gradient):
 @pytest.mark.parametrize('gradient', [False, True], ids=['forward', 'gradient'])
 def test_towers_exchange_only_at_the_four_crossings(shape, gradient):
   check_crossings(meshes.TINY, shape, gradient)
+
+
+@pytest.mark.parametrize('shape', [(1, 2), (2, 2)])
+@pytest.mark.parametrize('gradient', [False, True], ids=['forward', 'gradient'])
+def test_caffes_lrn_adds_one_exchange_of_edge_channels_per_normalized_layer(shape, gradient):
+  check_crossings(meshes.CAFFE, shape, gradient, CAFFE_GRADIENT if gradient else CAFFE_FORWARD)
+
+
+def test_summary_reports_the_lrn_halo_with_its_bytes_per_image():
+  text = summary.run(meshes.CAFFE, meshes.mesh(2, 2), meshes.BATCH, train.lower_train_step)
+  rows = {tuple(line.split()[:4]): line.split() for line in text.splitlines()
+          if line.startswith(('forward', 'backward'))}
+  # conv1's map is 16x16 at 72 pixels: each device receives the other tower's 2 edge
+  # channels, 16 x 16 x 2 float32 per image; conv2's map is 8x8.
+  assert rows['forward', 'tower', 'conv1_lrn', 'all-gather'][5] == f'{16 * 16 * 2 * 4:,}'
+  assert rows['forward', 'tower', 'conv2_lrn', 'all-gather'][5] == f'{8 * 8 * 2 * 4:,}'
+  assert rows['backward', 'tower', 'conv1_lrn', 'reduce-scatter'][5] == f'{16 * 16 * 2 * 4:,}'
+  conv1 = next(line for line in text.splitlines() if line.startswith('conv1 '))
+  assert 'ReLU, LRN over both towers, pool' in conv1
 
 
 def test_an_extra_crossing_fails_the_check():

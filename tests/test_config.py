@@ -7,6 +7,7 @@ import os
 from absl import flags
 import pytest
 
+from alexnet_jax import checkpoints
 from alexnet_jax import config as config_lib
 from alexnet_jax import flags as flag_definitions
 from alexnet_jax import main
@@ -86,3 +87,17 @@ def test_the_results_table_reads_its_runs_and_needs_no_workdir():
   _experiment('--mode=visualize', '--results', '--runs=workdirs/quickstart').validate()
   with pytest.raises(config_lib.UserError, match='--mode=visualize needs --workdir'):
     _experiment('--mode=visualize').validate()
+
+
+@pytest.mark.parametrize('field, value', [('lrn_variant', 'caffe'), ('conv1_padding', 'valid'),
+                                          ('pool_rounding', 'ceil'), ('input_convention', 'caffe')])
+def test_a_checkpoint_of_another_variant_is_refused_naming_the_field(field, value):
+  paper = dataclasses.asdict(config_lib.ModelConfig())
+  caffe = dataclasses.asdict(config_lib.ModelConfig(**{field: value}))
+  checkpoints.check_compatible(caffe, caffe, 'w')
+  with pytest.raises(checkpoints.CheckpointMismatchError, match=f"{field}='{value}' there"):
+    checkpoints.check_compatible(caffe, paper, 'w')
+  # A checkpoint written before the field existed holds the paper's net.
+  checkpoints.check_compatible({k: v for k, v in paper.items() if k != field}, paper, 'w')
+  with pytest.raises(checkpoints.CheckpointMismatchError, match=field):
+    checkpoints.check_compatible({k: v for k, v in paper.items() if k != field}, caffe, 'w')

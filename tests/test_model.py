@@ -97,6 +97,35 @@ def test_lrn_does_not_mix_towers():
   assert not np.allclose(changed[1], base[1])
 
 
+def test_caffes_lrn_runs_over_both_towers_as_onnx_defines_it():
+  rng = np.random.default_rng(0)
+  a = rng.uniform(0, 40, size=(2, 3, 3, 96)).astype(np.float32)
+  towers = [jnp.asarray(a[..., :48]), jnp.asarray(a[..., 48:])]
+  widened = model_lib.LocalTowers(2).halo(towers, 2)
+  got = np.concatenate([model_lib.local_response_norm(t, 'caffe', w)
+                        for t, w in zip(towers, widened)], axis=-1)
+  # ONNX's LRN(size=5, alpha=1e-4, beta=0.75, bias=1): alpha / size, over all 96 channels.
+  np.testing.assert_allclose(got, reference.lrn_numpy(a, k=1.0, alpha=1e-4 / 5), rtol=1e-5)
+  # Only the two channels on each side of the towers' boundary read the other tower.
+  within = np.concatenate([reference.lrn_numpy(t, k=1.0, alpha=1e-4 / 5) for t in towers], -1)
+  crossing = ~np.isclose(got, within, rtol=1e-6).all(axis=(0, 1, 2))
+  assert np.flatnonzero(crossing).tolist() == [46, 47, 48, 49]
+
+
+def test_caffes_geometry_at_224_and_227():
+  caffe = dataclasses.replace(PAPER, conv1_padding='valid', pool_rounding='ceil')
+  pools = lambda config: [(s.conv_size, s.pool_pad, s.out_size)
+                          for s in model_lib.layer_specs(config) if s.pool]
+  # 224: conv1 reads 1 + floor(213 / 4) = 54 positions; pool1's (54 - 3) / 2 + 1 = 26.5
+  # windows round up to 27, the last padded by a row and a column; pool2, pool5 are exact.
+  at_224 = dataclasses.replace(caffe, image_size=224)
+  assert geometry.feature_maps(at_224)[:2] == (54, 0)
+  assert pools(at_224) == [(54, 1, 27), (27, 0, 13), (13, 0, 6)]
+  assert model_lib.count_params(parallel.abstract_params(at_224)) == 60_965_224
+  # 227 is exact under both rules.
+  assert model_lib.layer_specs(caffe) == model_lib.layer_specs(PAPER)
+
+
 @pytest.mark.parametrize('scheme', config_lib.INIT_SCHEMES)
 def test_init_schemes(scheme):
   config = config_lib.ModelConfig(init=scheme, width=0.25, image_size=67, num_classes=10)
@@ -124,6 +153,8 @@ def test_init_schemes(scheme):
     (dict(image_size=40), 'too small'),
     (dict(dropout_rate=1.0), 'dropout_rate'),
     (dict(crossings=('conv3', 'fc6')), 'include fc8'),
+    (dict(lrn_variant='tensorflow'), 'lrn_variant must be one of paper, caffe'),
+    (dict(pool_rounding='round'), 'pool_rounding must be one of floor, ceil'),
 ])
 def test_bad_configs_are_refused(bad, message):
   with pytest.raises(ValueError, match=message):

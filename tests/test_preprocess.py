@@ -83,3 +83,14 @@ def test_standardize_divides_by_the_channel_std_after_the_mean():
                              rtol=1e-6)
   paper = np.asarray(preprocess.Normalizer(preprocess.CHANNEL_MEAN)(images))
   np.testing.assert_allclose(paper[0, 0, 0], 200 - preprocess.CHANNEL_MEAN, rtol=1e-6)
+
+
+def test_caffe_input_is_bgr_on_0_255_less_caffes_mean_pixel():
+  rgb = np.zeros((2, 3, 1, 4, 5, 3), np.uint8)  # (batch, crops, ..., H, W, RGB)
+  rgb[..., 0], rgb[..., 1], rgb[..., 2] = 255, 7, 0  # red
+  out = np.asarray(jax.jit(preprocess.caffe_input)(rgb))
+  assert out.dtype == np.float32 and out.shape == rgb.shape
+  # Blue first: 0 - 104.007, green 7 - 116.669, red 255 - 122.679.
+  np.testing.assert_allclose(out[0, 0, 0, 0, 0], [-104.00698793, 7 - 116.66876762,
+                                                  255 - 122.67891434], rtol=1e-6)
+  np.testing.assert_array_equal(out, np.broadcast_to(out[0, 0, 0, 0, 0], out.shape))

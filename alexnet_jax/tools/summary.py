@@ -20,6 +20,7 @@ from alexnet_jax.tools import communication
 def layer_rows(config: ModelConfig) -> list[dict]:
   """Per layer: shapes per tower and whole, kernel, parameters, multiply-adds per image."""
   towers = config.towers
+  lrn = 'LRN over both towers' if model_lib.LRN[config.lrn_variant].across_towers else 'LRN'
   rows = []
   for spec in model_lib.layer_specs(config):
     classifier = spec.name == 'fc8'
@@ -37,7 +38,7 @@ def layer_rows(config: ModelConfig) -> list[dict]:
       tower_shape = f'{spec.features}' if not classifier else f'{spec.features} (partial)'
       whole_shape = f'{spec.features * (1 if classifier else towers)}'
     biases = spec.features * (1 if classifier else towers)
-    after = [op for op, on in (('ReLU', spec.relu), ('LRN', spec.lrn),
+    after = [op for op, on in (('ReLU', spec.relu), (lrn, spec.lrn),
                                ('pool', spec.pool), ('dropout', spec.dropout)) if on]
     rows.append(dict(layer=spec.name, kernel=kernel, features=spec.features,
                      conv=(f'{spec.conv_size}x{spec.conv_size}' if spec.is_conv else '-'),

@@ -323,7 +323,8 @@ def _pooling(config) -> list[str]:
 
 
 def _lrn(config) -> list[str]:
-  k, n, alpha, beta = model_lib.LRN_K, model_lib.LRN_N, model_lib.LRN_ALPHA, model_lib.LRN_BETA
+  lrn = model_lib.LRN['paper']
+  k, n, alpha, beta = lrn.k, lrn.n, lrn.alpha, lrn.beta
   layers = [s.name for s in model_lib.layer_specs(config) if s.lrn]
   return [
       '## Local response normalization', '',
