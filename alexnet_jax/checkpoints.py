@@ -32,10 +32,12 @@ from alexnet_jax import distributed
 from alexnet_jax import integrity
 from alexnet_jax.config import ModelConfig, UserError
 
-# Settings that change the parameters' shapes, or what Caffe's net computes with the same
-# shapes (its LRN, geometry and input): a checkpoint only fits the same ones.
-SHAPE_FIELDS = ('towers', 'num_classes', 'image_size', 'width', 'crossings', 'lrn_variant',
-                'conv1_padding', 'pool_rounding', 'input_convention')
+# The settings that define the net a checkpoint holds: its parameters' shapes, and what it
+# computes with them (LRN, pooling, Caffe's geometry and input). A checkpoint only fits the
+# same ones; runs on a workdir take them from its checkpoint (net_of).
+NET_FIELDS = ('towers', 'num_classes', 'image_size', 'width', 'crossings', 'lrn',
+              'overlapping_pool', 'lrn_variant', 'conv1_padding', 'pool_rounding',
+              'input_convention')
 # A checkpoint written before a field existed has its default.
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
 # What must be finite in a good state (the plateau rule's best value starts at inf).
@@ -84,13 +86,31 @@ def _same(a, b) -> bool:
 
 def check_compatible(saved: dict, current: dict, where: str) -> None:
   """Raises CheckpointMismatchError naming every shape setting that differs."""
-  saved = {key: saved.get(key, _DEFAULTS[key]) for key in SHAPE_FIELDS}
+  saved = {key: saved.get(key, _DEFAULTS[key]) for key in NET_FIELDS}
   differences = [f'{key}={saved[key]!r} there, {current.get(key)!r} here'
-                 for key in SHAPE_FIELDS if not _same(saved[key], current.get(key))]
+                 for key in NET_FIELDS if not _same(saved[key], current.get(key))]
   if differences:
     raise CheckpointMismatchError(
         f'the checkpoint in {where} belongs to another model: {"; ".join(differences)}. '
         'Use the flags it was trained with, or another --workdir.')
+
+
+def net_of(workdir: str) -> dict | None:
+  """The NET_FIELDS of the newest readable checkpoint in workdir, None if it has none."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    return None
+  store = Checkpoints(workdir, {}, read_only=True)
+  try:
+    for step in reversed(store.steps()):
+      try:
+        saved = store.saved_config(step)
+      except Exception:  # pylint: disable=broad-except  # unreadable: restore says why
+        continue
+      return {key: tuple(value) if isinstance(value, list) else value
+              for key, value in ((k, saved.get(k, _DEFAULTS[k])) for k in NET_FIELDS)}
+    return None
+  finally:
+    store.close()
 
 
 class Checkpoints:

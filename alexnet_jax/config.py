@@ -22,8 +22,9 @@ class UserError(ValueError):
   """Something the user can fix (a flag, a file, a dataset): one line, no traceback."""
 
 
-MODES = ('train', 'eval', 'predict', 'summary', 'benchmark', 'visualize', 'prepare')
-DATA_MODES = ('train', 'eval', 'predict', 'visualize')   # the modes that read a workdir's run
+MODES = ('train', 'eval', 'predict', 'summary', 'benchmark', 'visualize', 'prepare', 'import')
+# The modes that read or write a workdir's run (--workdir needed).
+DATA_MODES = ('train', 'eval', 'predict', 'visualize', 'import')
 
 
 # ----------------------------------------------------------------------------------
@@ -37,7 +38,7 @@ DTYPES = ('float32', 'bfloat16')
 LRN_VARIANTS = ('paper', 'caffe')            # constants and reach in model.LRN
 CONV1_PADDINGS = ('cuda-convnet', 'valid')   # see geometry.feature_maps
 POOL_ROUNDINGS = ('floor', 'ceil')           # see geometry.pooled
-INPUT_CONVENTIONS = ('paper', 'caffe')       # see preprocess.caffe_input
+INPUT_CONVENTIONS = ('paper', 'caffe')       # see mean_image.normalizer_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,8 +202,8 @@ def resize_size(image_size: int) -> int:
 class DataConfig:
   """The dataset, its splits, and the paper's preprocessing choices.
 
-  `image_size` and `seed` are not flags of their own: `Experiment.from_parts` fills them
-  from the model's input size and the run's seed, so they cannot disagree.
+  `image_size`, `seed` and `input_convention` are not flags of their own:
+  `Experiment.from_parts` fills them from the model's and the run's, so they cannot disagree.
   """
   dataset: str = 'imagenet2012'         # any TFDS image-classification dataset
   data_dir: str | None = None           # TFDS data dir (None: TFDS's default)
@@ -221,6 +222,7 @@ class DataConfig:
   skip_damaged_records: bool = False    # train past records of the store whose CRC fails
   image_size: int = 227                 # side of the crop the model sees (the model's)
   seed: int = 0                         # the run's seed
+  input_convention: str = 'paper'       # the input the model's weights expect (the model's)
 
   @property
   def resize_size(self) -> int:
@@ -246,6 +248,10 @@ class DataConfig:
                       'needs --store=none (the store holds only the central R x R squares).')
     if not 1 <= self.store_quality <= 100:
       raise UserError(f'--store_quality must be in 1..100, got {self.store_quality}.')
+    if self.input_convention == 'caffe' and (self.mean == 'pixel' or self.standardize):
+      raise UserError('--mean=pixel and --standardize contradict the net\'s Caffe input '
+                      'convention (BGR minus Caffe\'s mean pixel, which its weights expect): '
+                      'drop them.')
     if self.demo_data and not self.manual_dir:
       raise UserError('--demo_data writes the demo tars into --manual_dir: set --manual_dir.')
 
@@ -297,6 +303,8 @@ class TrainConfig:
   profile_steps: int = 0                # trace this many steps (after 5 warm-up steps)
   seed: int = 0                         # parameters, dropout and (through DataConfig) data
   allow_batch_change: bool = False      # resume a checkpoint of another batch size
+  init_from: str | None = None          # a run (e.g. an imported net) whose parameters start
+                                        # this one, when its workdir has no checkpoint yet
 
   @property
   def eval_batch(self) -> int:
@@ -325,11 +333,14 @@ class RunConfig:
   workdir: str | None = None            # everything a run writes
   checkpoint_step: int | None = None    # eval/predict/visualize: this step, not the newest
   image: tuple[str, ...] = ()           # predict: image files
+  onnx: str | None = None               # import: Caffe's AlexNet as an ONNX file
 
   def validate(self) -> None:
     _one_of('mode', self.mode, MODES)
     if self.mode == 'predict' and not self.image:
       raise UserError('--mode=predict needs --image=FILE[,FILE...].')
+    if self.mode == 'import' and not self.onnx:
+      raise UserError('--mode=import needs --onnx=FILE (bvlc_alexnet from the ONNX Model Zoo).')
 
 
 BENCHMARKS = ('step', 'input')
@@ -393,9 +404,11 @@ class Experiment:
 
   @classmethod
   def from_parts(cls, **parts) -> 'Experiment':
-    """The experiment of these configs; the data pipeline gets the model's size and seed."""
+    """The experiment of these configs; the data pipeline gets the model's input size and
+    convention and the run's seed."""
     model, train = parts['model'], parts['train']
-    data = dataclasses.replace(parts['data'], image_size=model.image_size, seed=train.seed)
+    data = dataclasses.replace(parts['data'], image_size=model.image_size, seed=train.seed,
+                               input_convention=model.input_convention)
     return cls(**{**parts, 'data': data})
 
   def validate(self) -> None:

@@ -104,12 +104,14 @@ class SquareAugmenter:
   image_size: int                   # S
   augment: str = 'paper'            # 'paper' (random window, mirror) or 'none' (centre)
   eval_crops: int = 1
+  bgr: bool = False                 # Caffe's input convention: channels reversed at the end
 
   def _minus_mean(self, squares: jax.Array) -> jax.Array:
     return squares.astype(jnp.float32) - jnp.asarray(self.mean, jnp.float32)
 
   def _scaled(self, x: jax.Array) -> jax.Array:
-    return x if self.std is None else x / jnp.asarray(self.std, jnp.float32)
+    x = x if self.std is None else x / jnp.asarray(self.std, jnp.float32)
+    return x[..., ::-1] if self.bgr else x
 
   def __call__(self, squares: jax.Array, *, pca_std: float = 0.0,
                rng: jax.Array | None = None) -> jax.Array:

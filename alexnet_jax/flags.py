@@ -18,9 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Which config each flag fills: {config class: flag names}, in the order of --help.
 CONFIGS = {
-    config.RunConfig: ('mode', 'workdir', 'checkpoint_step', 'image'),
+    config.RunConfig: ('mode', 'workdir', 'checkpoint_step', 'image', 'onnx'),
     config.ModelConfig: ('towers', 'num_classes', 'image_size', 'width', 'lrn',
-                         'overlapping_pool', 'dropout_rate', 'dtype', 'init', 'crossings'),
+                         'overlapping_pool', 'dropout_rate', 'dtype', 'init', 'crossings',
+                         'lrn_variant', 'conv1_padding', 'pool_rounding', 'input_convention'),
     config.MeshConfig: ('mesh', 'cpu_devices'),
     config.ProcessConfig: ('distributed', 'coordinator_address', 'num_processes', 'process_id',
                            'heartbeat_timeout', 'initialization_timeout'),
@@ -33,7 +34,8 @@ CONFIGS = {
                              'plateau_patience', 'max_drops'),
     config.TrainConfig: ('batch_size', 'num_epochs', 'num_train_steps', 'eval_every_steps',
                          'checkpoint_every_steps', 'log_every_steps', 'keep_checkpoints',
-                         'eval_batch_size', 'profile_steps', 'seed', 'allow_batch_change'),
+                         'eval_batch_size', 'profile_steps', 'seed', 'allow_batch_change',
+                         'init_from'),
     config.BenchmarkConfig: ('benchmark', 'benchmark_steps', 'benchmark_repeats', 'peak_tflops',
                              'benchmark_stores', 'benchmark_seconds', 'benchmark_quiet',
                              'benchmark_photos'),
@@ -48,6 +50,7 @@ HELP = {
     'workdir': 'Directory for everything a run writes.',
     'checkpoint_step': 'eval/predict/visualize: this step (default: the newest).',
     'image': 'predict: image files.',
+    'onnx': "import: Caffe's bvlc_alexnet as an ONNX file (the ONNX Model Zoo's).",
     'towers': "2: the paper's net; 1: its one-GPU ablation.",
     'num_classes': 'Output classes.',
     'image_size': 'Input side; 224 is padded (0, 3) like cuda-convnet.',
@@ -58,6 +61,12 @@ HELP = {
     'dtype': 'Compute dtype; parameters stay float32.',
     'init': "paper: N(0,0.01), biases 1; caffe: bvlc_alexnet's; he: He-normal.",
     'crossings': 'Layers that read every tower (the paper: conv3,fc6,fc7,fc8).',
+    'lrn_variant': "paper: k=2, alpha, within each tower; caffe: k=1, alpha/n, across both "
+                   "towers (Caffe's bvlc_alexnet; set by --mode=import).",
+    'conv1_padding': "cuda-convnet: zeros to the bottom/right for 55 outputs; valid: Caffe's.",
+    'pool_rounding': "floor: every pooling window inside the map; ceil: Caffe's.",
+    'input_convention': "paper: RGB minus the run's mean; caffe: BGR minus Caffe's mean pixel "
+                        "(what imported weights expect).",
     'mesh': 'data:D,tower:T. Default: every device, tower=2 when the model has two towers '
             'and the device count is even.',
     'cpu_devices': 'Split the CPU into this many JAX devices (try meshes on a laptop). Only '
@@ -112,6 +121,8 @@ HELP = {
     'eval_batch_size': '0: --batch_size.',
     'profile_steps': 'Write a profiler trace of N steps.',
     'seed': 'Seed of parameters, dropout and data order.',
+    'init_from': 'A workdir (e.g. an imported net) whose newest checkpoint\'s parameters '
+                 'start this training, at step 0, when --workdir has no checkpoint yet.',
     'allow_batch_change': 'Resume a checkpoint trained with another --batch_size: the input '
                           'continues after the examples it has seen (without this flag such '
                           'a resume is refused, since counting steps would replay or skip '
@@ -142,11 +153,14 @@ HELP = {
 
 # Flags whose values are a fixed set (the rest take their type from the default).
 ENUMS = {'mode': config.MODES, 'dtype': config.DTYPES, 'init': config.INIT_SCHEMES,
+         'lrn_variant': config.LRN_VARIANTS, 'conv1_padding': config.CONV1_PADDINGS,
+         'pool_rounding': config.POOL_ROUNDINGS, 'input_convention': config.INPUT_CONVENTIONS,
          'distributed': config.DISTRIBUTED_MODES, 'augment': config.AUGMENTS,
          'mean': config.MEANS, 'store': config.STORES, 'schedule': config.SCHEDULES,
          'benchmark': config.BENCHMARKS}
 # Flags with no default of their own type (None) and the type they take.
 TYPES = {'workdir': str, 'checkpoint_step': int, 'mesh': str, 'cpu_devices': int,
+         'onnx': str, 'init_from': str,
          'coordinator_address': str, 'num_processes': int, 'process_id': int,
          'data_dir': str, 'manual_dir': str, 'peak_tflops': float, 'figures_dir': str,
          'results_path': str, 'curves_path': str}

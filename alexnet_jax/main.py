@@ -9,6 +9,7 @@ benchmark do not wait for (and the GPU machines' synthetic runs do not need).
 
 from __future__ import annotations
 
+import dataclasses
 import logging as std_logging
 import os
 import sys
@@ -19,10 +20,12 @@ from absl import flags
 from absl import logging
 import jax
 
+from alexnet_jax import checkpoints
 from alexnet_jax import config
 from alexnet_jax import distributed
 from alexnet_jax import evaluate
 from alexnet_jax import flags as flag_definitions
+from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from alexnet_jax import preflight
 from alexnet_jax import predict
@@ -200,7 +203,7 @@ def _eval(experiment: config.Experiment, mesh) -> None:
 
 def _predict(experiment: config.Experiment, mesh) -> None:
   # pylint: disable-next=import-outside-toplevel
-  from alexnet_jax.data import dataset, demo_data, input_pipeline, mean_image
+  from alexnet_jax.data import dataset, demo_data, input_pipeline, mean_image, tfds_data
   images = predict.image_paths(experiment.run.image)  # an unreadable file: one line, first
   data_config, data = experiment.data, mesh.shape[parallel.DATA]
   _begin(experiment, mesh, -(-len(images) // data) * data, training=False,
@@ -214,7 +217,13 @@ def _predict(experiment: config.Experiment, mesh) -> None:
   probs, classes = predict.top5(experiment.model, mesh, params, crops, normalizer)
   if jax.process_index() == 0:
     demo = {c.synset: c.shape for c in demo_data.CLASSES} if data_config.demo_data else {}
-    names = predict.readable(dataset.facts(data_config).class_names, demo)
+    try:
+      labels = dataset.facts(data_config).class_names
+    except config.UserError:  # not prepared here: ImageNet's classes are known without it
+      if data_config.dataset != tfds_data.IMAGENET:
+        raise
+      labels = list(predict.imagenet_names())  # in TFDS's label order
+    names = predict.readable(labels, demo)
     print(f'Checkpoint step {step}, {data_config.eval_crops} crop(s):')
     print(predict.format_predictions(images, probs, classes, names))
 
@@ -256,8 +265,30 @@ def _benchmark(experiment: config.Experiment, mesh) -> None:
                 experiment.benchmark, squares=experiment.data.store != 'none')
 
 
+def _import(experiment: config.Experiment, mesh) -> None:
+  from alexnet_jax import onnx_import  # pylint: disable=import-outside-toplevel
+  workdir = experiment.run.workdir
+  if (os.path.isdir(os.path.join(workdir, 'checkpoints'))
+      and os.listdir(os.path.join(workdir, 'checkpoints'))):
+    raise config.UserError(f'--workdir={workdir} already holds a run (checkpoints/): import '
+                           'into a new --workdir.')
+  writable.check_writable(workdir)
+  net, params = onnx_import.read(experiment.run.onnx)  # a bad file: one line, nothing written
+  with workdir_lock.held_by_process_0(workdir):
+    store = checkpoints.Checkpoints(workdir, dataclasses.asdict(net))
+    store.save(0, train.state_from_params(net, experiment.optimizer, mesh, params),
+               progress={'examples_seen': 0})
+    store.close()
+  if jax.process_index() == 0:
+    print(f'Imported {experiment.run.onnx} into {workdir}: {net.towers} towers, '
+          f'{net.num_classes} classes, {net.image_size}x{net.image_size} input, '
+          f'{net.lrn_variant} LRN, {net.input_convention} input convention; '
+          f'{model_lib.count_params(params):,} parameters. Evaluate it with: '
+          f'python -m alexnet_jax.main --mode=eval --workdir={workdir} --data_dir=TFDS_DIR')
+
+
 MODES = {'train': _train, 'eval': _eval, 'predict': _predict, 'visualize': _visualize,
-         'summary': _summary, 'benchmark': _benchmark, 'prepare': _prepare}
+         'summary': _summary, 'benchmark': _benchmark, 'prepare': _prepare, 'import': _import}
 
 
 def run(experiment: config.Experiment, mesh) -> None:
@@ -278,6 +309,37 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _fail(f'{error} (--helpfull lists every flag)')
 
 
+def with_net_of_checkpoint(experiment: config.Experiment,
+                           flag_values: flags.FlagValues = FLAGS) -> config.Experiment:
+  """The experiment on the net its workdir's checkpoint holds (or, for a training that has
+  none yet, --init_from's): the net's settings come from there; a flag set to another value
+  is one line."""
+  run, mode = experiment.run, experiment.run.mode
+  if mode not in ('train', 'eval', 'predict', 'visualize', 'summary') or not run.workdir:
+    return experiment
+  source, net = run.workdir, checkpoints.net_of(run.workdir)
+  if net is None and mode == 'train' and experiment.train.init_from:
+    source, net = experiment.train.init_from, checkpoints.net_of(experiment.train.init_from)
+    if net is None:
+      raise config.UserError(f'--init_from={source} holds no checkpoint: point it at a '
+                             'training or --mode=import run.')
+  if net is None:
+    return experiment
+  contradicting = [name for name, value in net.items() if flag_values[name].present
+                   and value != getattr(experiment.model, name)]
+  if contradicting:
+    given = ', '.join(f'--{name}={flag_values[name].serialize().split("=", 1)[-1]}'
+                      for name in contradicting)
+    held = ', '.join(f'{name}={net[name]}' for name in contradicting)
+    raise config.UserError(f'{given}: the checkpoint in {source} holds a net with {held}. '
+                           'Drop the flag (a run on a workdir takes its net from its '
+                           'checkpoint), or use another --workdir.')
+  parts = {field.name: getattr(experiment, field.name)
+           for field in dataclasses.fields(experiment)}
+  return config.Experiment.from_parts(**{**parts,
+                                         'model': dataclasses.replace(experiment.model, **net)})
+
+
 def main(argv):
   if len(argv) > 1:
     _fail(f'unexpected arguments {argv[1:]}: every setting is a --flag.')
@@ -288,6 +350,8 @@ def main(argv):
     if experiment.mesh.cpu_devices:
       jax.config.update('jax_num_cpu_devices', experiment.mesh.cpu_devices)
     distributed.initialize(experiment.processes)  # before anything touches a device
+    experiment = with_net_of_checkpoint(experiment)
+    experiment.validate()
     shape = experiment.mesh_shape(jax.device_count())
     run(experiment, parallel.make_mesh(shape))
   except config.UserError as error:

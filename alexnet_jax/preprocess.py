@@ -21,6 +21,7 @@ CHANNEL_MEAN = np.array([127.30, 119.72, 104.91], np.float32)
 # (python/caffe/imagenet/ilsvrc_2012_mean.npy averaged over pixels, as Caffe's classification
 # example does), in B, G, R order.
 CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], np.float32)
+CAFFE_MEAN_RGB = CAFFE_MEAN_BGR[::-1].copy()
 # ImageNet's per-channel pixel std on 0..255 (torchvision's 0.229, 0.224, 0.225 x 255).
 # The paper does not divide by it; He-normal init assumes unit-scale input and needs it.
 CHANNEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -74,24 +75,18 @@ def normalize(images: jax.Array, *, mean: jax.Array | np.ndarray,
   return x if std is None else x / jnp.asarray(std, jnp.float32)
 
 
-def caffe_input(images: jax.Array | np.ndarray) -> jax.Array:
-  """uint8 RGB images (..., H, W, 3) -> float32 input of input_convention='caffe'.
-
-  Channels reversed to B, G, R, kept on 0..255, minus CAFFE_MEAN_BGR: what Caffe's
-  Transformer makes (channel_swap (2, 1, 0), raw_scale 255, the mean pixel), in NHWC.
-  """
-  return jnp.asarray(images).astype(jnp.float32)[..., ::-1] - CAFFE_MEAN_BGR
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Normalizer:
-  """The model input of a run: (images + PCA colour shift - mean) / std."""
+  """The model input of a run: (images + PCA colour shift - mean) / std, in RGB, or in BGR
+  for a net of Caffe's input convention (mean then in RGB order: CAFFE_MEAN_RGB)."""
   mean: np.ndarray
   std: np.ndarray | None = None
+  bgr: bool = False
 
   def __call__(self, images: jax.Array, *, pca_std: float = 0.0,
                rng: jax.Array | None = None) -> jax.Array:
-    return normalize(images, mean=self.mean, std=self.std, pca_std=pca_std, rng=rng)
+    x = normalize(images, mean=self.mean, std=self.std, pca_std=pca_std, rng=rng)
+    return x[..., ::-1] if self.bgr else x
 
   def eval_inputs(self, images: jax.Array) -> jax.Array:
     """uint8 eval crops (B, C, S, S, 3) from the host -> float32, same shape."""

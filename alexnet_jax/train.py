@@ -95,6 +95,14 @@ def init_state(model_config: ModelConfig, opt_config: OptimizerConfig, mesh,
   return _state_maker(model_config, opt_config, mesh)(params)
 
 
+def state_from_params(model_config: ModelConfig, opt_config: OptimizerConfig, mesh,
+                      params) -> TrainState:
+  """A train state at step 0 around these parameters (an imported net's, another run's)."""
+  shardings = jax.tree.map(lambda p: p.sharding,
+                           parallel.abstract_sharded_params(model_config, mesh))
+  return _state_maker(model_config, opt_config, mesh)(jax.device_put(params, shardings))
+
+
 def abstract_state(model_config: ModelConfig, opt_config: OptimizerConfig,
                    mesh) -> TrainState:
   """ShapeDtypeStructs with this mesh's shardings: the restore target (no computation)."""
@@ -253,8 +261,16 @@ class _Run:
     self.result, self._pending, self._losses, self._stop_reason = None, None, [], None
 
   def _restore(self, model_config, opt_config, mesh) -> tuple[TrainState, int]:
-    """(the newest good checkpoint's state, or a fresh one; the examples it has seen)."""
+    """(the newest good checkpoint's state, or a fresh one; the examples it has seen).
+
+    A fresh state starts from --init_from's parameters (at step 0), if given.
+    """
     state = self.checkpoints.restore(abstract_state(model_config, opt_config, mesh))
+    if state is None and self.config.init_from:
+      step, params = restore_params(model_config, mesh, self.config.init_from)
+      logging.info('Starting from the parameters of step %d in %s.', step,
+                   self.config.init_from)
+      return state_from_params(model_config, opt_config, mesh, params), 0
     if state is None:
       return init_state(model_config, opt_config, mesh, jax.random.key(self.config.seed)), 0
     step = int(state.step)

@@ -1,5 +1,6 @@
 """Checkpoints' rules, each checked fast on a tiny state (the slow runs check them in use)."""
 
+import dataclasses
 import os
 import shutil
 
@@ -8,9 +9,10 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax import checkpoints
+from alexnet_jax import config as config_lib
 from tests import meshes
 
-CONFIG = {'towers': 2, 'num_classes': 10}
+CONFIG = dataclasses.asdict(config_lib.ModelConfig(num_classes=10))
 
 
 def _state(value: float, step: int) -> dict:

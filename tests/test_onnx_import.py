@@ -36,7 +36,7 @@ CAFFE = dict(lrn_variant='caffe', input_convention='caffe')
 def _images(size: int, count: int = 4, seed: int = 0) -> np.ndarray:
   """Random photos in Caffe's convention (the file's), NHWC float32."""
   rgb = np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), np.uint8)
-  return np.asarray(preprocess.caffe_input(rgb))
+  return np.asarray(preprocess.Normalizer(preprocess.CAFFE_MEAN_RGB, bgr=True)(rgb))
 
 
 @pytest.fixture(scope='module')

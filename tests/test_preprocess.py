@@ -85,10 +85,11 @@ def test_standardize_divides_by_the_channel_std_after_the_mean():
   np.testing.assert_allclose(paper[0, 0, 0], 200 - preprocess.CHANNEL_MEAN, rtol=1e-6)
 
 
-def test_caffe_input_is_bgr_on_0_255_less_caffes_mean_pixel():
+def test_caffes_input_is_bgr_on_0_255_less_caffes_mean_pixel():
   rgb = np.zeros((2, 3, 1, 4, 5, 3), np.uint8)  # (batch, crops, ..., H, W, RGB)
   rgb[..., 0], rgb[..., 1], rgb[..., 2] = 255, 7, 0  # red
-  out = np.asarray(jax.jit(preprocess.caffe_input)(rgb))
+  caffe = preprocess.Normalizer(preprocess.CAFFE_MEAN_RGB, bgr=True)
+  out = np.asarray(jax.jit(caffe)(rgb))
   assert out.dtype == np.float32 and out.shape == rgb.shape
   # Blue first: 0 - 104.007, green 7 - 116.669, red 255 - 122.679.
   np.testing.assert_allclose(out[0, 0, 0, 0, 0], [-104.00698793, 7 - 116.66876762,

@@ -121,9 +121,13 @@ def normalizer_for(cfg: DataConfig, workdir: str | None = None):
   """What the train and eval steps do to the uint8 batches on the device.
 
   A device_augment.SquareAugmenter for the store's squares, else a preprocess.Normalizer.
+  A net of Caffe's input convention gets its input as its weights expect: BGR minus Caffe's
+  mean pixel, on 0..255.
   """
+  caffe = cfg.input_convention == 'caffe'
+  mean = preprocess.CAFFE_MEAN_RGB if caffe else mean_for(cfg, workdir)
   std = preprocess.CHANNEL_STD if cfg.standardize else None
   if cfg.store != 'none':
-    return device_augment.SquareAugmenter(mean_for(cfg, workdir), std, cfg.image_size,
-                                          cfg.augment, cfg.eval_crops)
-  return preprocess.Normalizer(mean_for(cfg, workdir), std)
+    return device_augment.SquareAugmenter(mean, std, cfg.image_size, cfg.augment,
+                                          cfg.eval_crops, bgr=caffe)
+  return preprocess.Normalizer(mean, std, bgr=caffe)

@@ -59,9 +59,13 @@ def color_fraction(kernels: np.ndarray) -> np.ndarray:
   return np.where(total > 0, colour / np.where(total > 0, total, 1.0), 0.0)
 
 
-def kernel_figure(params, path: str) -> list[dict]:
-  """Writes Figure 3 of params' conv1 to path; returns each tower's colour fractions."""
+def kernel_figure(params, path: str, bgr: bool = False) -> list[dict]:
+  """Writes Figure 3 of params' conv1 to path; returns each tower's colour fractions.
+
+  bgr: the net reads B, G, R (Caffe's input convention): its kernels are drawn in R, G, B.
+  """
   kernels = np.asarray(jax.device_get(params['conv1']['kernel']))  # (towers, k, k, 3, C)
+  kernels = kernels[..., ::-1, :] if bgr else kernels
   figures.save_png(figures.labelled_kernel_grid(kernels), path)
   return [{'tower': t + 1, 'mean_color_fraction': float(np.mean(f)),
            'median_color_fraction': float(np.median(f)), 'color_fraction': f.tolist()}
@@ -194,7 +198,8 @@ def run(model_config, data_config, mesh, workdir: str, *, batch_size: int,
                                          workdir)
   summary = {'workdir': workdir, 'step': step,
              'chance_color_fraction': CHANCE_COLOR_FRACTION,
-             'towers': kernel_figure(params, os.path.join(out_dir, 'conv1_kernels.png'))}
+             'towers': kernel_figure(params, os.path.join(out_dir, 'conv1_kernels.png'),
+                                     bgr=model_config.input_convention == 'caffe')}
   initial = parallel.init_sharded_params(model_config, jax.random.key(seed), mesh)
   for tower, fractions in zip(summary['towers'], color_fraction(
       jax.device_get(initial['conv1']['kernel']))):

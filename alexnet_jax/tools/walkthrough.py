@@ -22,6 +22,7 @@ from alexnet_jax import config as config_lib
 from alexnet_jax import geometry
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
+from alexnet_jax import preprocess
 from alexnet_jax import train
 from alexnet_jax.tools import crossing_traffic
 from alexnet_jax.tools import summary
@@ -401,6 +402,43 @@ def _ablation(config) -> list[str]:
       'two-tower net. Its layers read all of the previous layer, so it exchanges nothing.', '']
 
 
+# Caffe's bvlc_alexnet as the ONNX Model Zoo ships it (what --mode=import reads).
+CAFFE = config_lib.ModelConfig(image_size=224, init='caffe', lrn_variant='caffe',
+                               conv1_padding='valid', pool_rounding='ceil',
+                               input_convention='caffe')
+
+
+def _caffe() -> list[str]:
+  lrn, paper_lrn = model_lib.LRN['caffe'], model_lib.LRN['paper']
+  maps = geometry.feature_maps(CAFFE)
+  halo = [(s.name, s.features, lrn.n // 2 * s.conv_size ** 2 * 4)
+          for s in model_lib.layer_specs(CAFFE) if s.lrn]
+  mean = ', '.join(f'{v:.2f}' for v in preprocess.CAFFE_MEAN_BGR)
+  edges = ' and '.join(f"{lrn.n // 2} edge channels of {name}'s {features} ({bytes_:,} bytes, "
+                       'float32)' for name, features, bytes_ in halo)
+  return [
+      "## Caffe's released net", '',
+      "The one public trained AlexNet with the paper's two towers is Caffe's bvlc_alexnet "
+      '(`group: 2` in conv2, conv4, conv5), which `--mode=import` reads from the ONNX Model '
+      "Zoo's file into this net. It differs from the paper in these, each a model option the "
+      'import sets from the file:', '',
+      f'- **LRN across both towers, with k = {lrn.k:g}** (`--lrn_variant=caffe`): alpha = '
+      f'{lrn.alpha:g} divided by n = {lrn.n} (the paper: k = {paper_lrn.k:g}, alpha not '
+      "divided), and the window runs over all of a layer's channels, so the "
+      f"{lrn.n // 2} channels at each tower's edge read the other tower's: a crossing the "
+      f'paper does not have. On a tower mesh each device receives, per image, {edges} '
+      '(`--mode=summary` reads them from the compiled step).',
+      f'- **224 input, conv1 unpadded, pools rounding up** (`--conv1_padding=valid '
+      f'--pool_rounding=ceil`): conv1 gives {maps.conv1}x{maps.conv1} (the last pixel of '
+      f'each row unread), its pool pads to {maps.pool1}x{maps.pool1}; from there the sides '
+      f"are the paper's ({maps.pool2}, {maps.pool5}).",
+      '- **Biases 0.1** where the paper has 1 (conv2, conv4, conv5, fc6, fc7; `--init=caffe` '
+      'for training from scratch), and fc6/fc7 weights drawn with std 0.005.',
+      f"- **Input**: B, G, R on 0..255 minus Caffe's mean pixel ({mean}) "
+      '(`--input_convention=caffe`); the input pipeline applies it when the checkpoint says '
+      'so. Caffe trained with crops and mirrors only: **no PCA lighting**.', '']
+
+
 def _totals(config) -> list[str]:
   rows = summary.layer_rows(config)
   params = ' + '.join(_n(r['params']) for r in rows)
@@ -424,7 +462,7 @@ def render(options: Options, config, traffic, mesh, figure_link: str) -> str:
                                        input_sides(config)):
     lines += _layer(spec, previous, row, side, config, traffic)
   lines += (_pooling(config) + _lrn(config) + _crossings(config, traffic, mesh)
-            + _ablation(config) + _totals(config))
+            + _ablation(config) + _caffe() + _totals(config))
   return '\n'.join(lines).rstrip() + '\n'
 
 
