@@ -9,7 +9,12 @@ benchmark do not wait for (and the GPU machines' synthetic runs do not need).
 
 from __future__ import annotations
 
-import dataclasses
+# Ctrl-C from here on: one line and exit 130, whatever runs (the imports below take
+# seconds); a training takes it over to save a checkpoint first (interrupts.CtrlC).
+from alexnet_jax import interrupts  # pylint: disable=g-bad-import-order
+interrupts.stop_at_once_on_ctrl_c()
+
+import dataclasses  # pylint: disable=g-import-not-at-top,wrong-import-position
 import logging as std_logging
 import os
 import sys
@@ -357,9 +362,6 @@ def main(argv):
   except config.UserError as error:
     logging.debug('Traceback of the error below:', exc_info=True)  # --verbosity=1 shows it
     _fail(error)
-  except KeyboardInterrupt:  # outside the training loop, where Ctrl-C saves (interrupts.py)
-    print('alexnet_jax: stopped by Ctrl-C.', file=sys.stderr)
-    sys.exit(130)
 
 
 if __name__ == '__main__':

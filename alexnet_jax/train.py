@@ -229,6 +229,9 @@ class _Run:
   def __init__(self, model_config, opt_config, train_config, mesh, workdir, data, cleanup):
     self.opt_config, self.config, self.mesh, self.workdir = opt_config, train_config, mesh, workdir
     self.data, batch = data, train_config.batch_size
+    # From the restore to the last save, Ctrl-C asks for a checkpoint (processes must stop
+    # at one agreed step: SIGTERM does that, and launch.sh turns Ctrl-C into it).
+    self.ctrl_c = cleanup.enter_context(interrupts.CtrlC(enabled=jax.process_count() == 1))
     self.checkpoints = checkpoints_lib.Checkpoints(workdir, dataclasses.asdict(model_config),
                                                    keep=train_config.keep_checkpoints)
     cleanup.callback(self.checkpoints.close)
@@ -255,8 +258,6 @@ class _Run:
     self.profiler = _Profiler(f'{workdir}/profile', self.first + 5, train_config.profile_steps)
     cleanup.callback(self.profiler.stop)
     self.preemption = cleanup.enter_context(distributed.Preemption())
-    # Processes must stop at one agreed step: SIGTERM does that (launch.sh turns Ctrl-C into it).
-    self.ctrl_c = cleanup.enter_context(interrupts.CtrlC(enabled=jax.process_count() == 1))
     cleanup.enter_context(jax.set_mesh(mesh))
     self.result, self._pending, self._losses, self._stop_reason = None, None, [], None
 

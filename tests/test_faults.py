@@ -326,3 +326,27 @@ def test_a_damaged_store_stops_training_in_one_line_whose_command_repairs_it(dem
   assert repaired.returncode == 0 and repaired.stdout.startswith('Prepared'), repaired.stderr
   again = cli.run_main(*flags)
   assert again.returncode == 0, again.stderr
+
+
+def _loaded(process, library: str) -> bool:
+  with open(f'/proc/{process.pid}/maps') as f:
+    return library in f.read()
+
+
+@pytest.mark.stderr
+@pytest.mark.slow
+@pytest.mark.parametrize('moment', ['imports', 'restore and compile'])
+def test_ctrl_c_outside_training_is_one_line_and_status_130(demo, straight_run, moment):
+  process = _start(_flags(demo, straight_run, mode='eval'))
+  deadline = time.time() + 120
+  if moment == 'imports':  # while jax loads, past the entry point's first line
+    while not _loaded(process, 'jaxlib') and time.time() < deadline:
+      time.sleep(0.01)
+  else:  # the mode has begun: the checkpoint is read, the evaluation compiled
+    while 'mode=eval' not in process.stderr.readline() and time.time() < deadline:
+      pass
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=60)
+  assert process.returncode == 130, stderr
+  assert stderr.splitlines()[-1] == 'alexnet_jax: stopped by Ctrl-C.', stderr
+  assert cli.problems(stderr) == ['alexnet_jax: stopped by Ctrl-C.'], stderr
