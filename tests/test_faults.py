@@ -289,18 +289,25 @@ def test_a_torn_metrics_line_is_skipped_by_readers_and_dropped_on_resume(demo, s
 
 
 @pytest.mark.slow
-def test_predict_on_a_directory_classifies_the_images_in_it(demo, straight_run, tmp_path):
+@pytest.mark.stderr
+def test_predict_on_a_directory_classifies_the_images_in_it_and_names_the_others(
+    demo, straight_run, tmp_path):
   from PIL import Image  # pylint: disable=import-outside-toplevel
   folder = tmp_path / 'photos'
   folder.mkdir()
   Image.new('RGB', (80, 60), (200, 30, 30)).save(folder / 'b.png')
   Image.new('RGB', (50, 70), (30, 30, 200)).save(folder / 'a.JPG', 'JPEG')
   (folder / 'notes.txt').write_text('not an image')
+  (folder / 'x.jpg').write_text('text, named as an image')
+  (folder / 'empty.jpg').write_bytes(b'')
   result = cli.run_main(*_flags(demo, straight_run, mode='predict', image=str(folder)))
   assert result.returncode == 0, result.stderr
   names = [line for line in result.stdout.splitlines() if line.startswith(str(folder))]
   assert names == [f'{folder}/a.JPG', f'{folder}/b.png']
   assert len([line for line in result.stdout.splitlines() if line.strip()[:2] == '1.']) == 2
+  warnings = [line.split('] ', 1)[1] for line in cli.problems(result.stderr)]
+  assert warnings == [f'Skipping {folder}/empty.jpg: it is empty (0 bytes).',
+                      f'Skipping {folder}/x.jpg: it is not an image (JPEG, PNG, GIF, BMP).']
 
 
 @pytest.mark.slow
