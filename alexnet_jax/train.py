@@ -217,7 +217,7 @@ def train_and_evaluate(model_config: ModelConfig, data_config: DataConfig,
   with contextlib.ExitStack() as cleanup:
     checkpoints = checkpoints_lib.Checkpoints(workdir, dataclasses.asdict(model_config),
                                               keep=train_config.keep_checkpoints)
-    cleanup.callback(checkpoints.close)
+    cleanup.enter_context(checkpoints)  # closes it; a full disk is one line (checkpoints.py)
     writer = metrics_lib.MetricsWriter(workdir)
     cleanup.callback(writer.close)
     state = checkpoints.restore(abstract_state(model_config, opt_config, mesh))
