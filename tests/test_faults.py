@@ -1,8 +1,12 @@
 """Real processes: SIGTERM and Ctrl-C save and exit, kill -9 loses only unsaved steps, the
 workdir lock, a full disk, a read-only workdir, a torn metrics line, bad input."""
 
+import asyncio
+import gc
 import glob
+import importlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -158,6 +162,31 @@ def test_a_checkpoint_whose_metadata_file_is_emptied_is_unverified_and_set_aside
   assert f'Restored step {older} ' in result.stderr
   assert [d.split('-')[0] for d in os.listdir(workdir / 'corrupt')] == [str(newest)]
   assert _losses(workdir)[STEPS] == _losses(straight_run)[STEPS]  # step 10 again, the same
+
+
+def _abandoned_failed_task(filename: str) -> None:
+  """A task of code in `filename` that failed on a loop closed without asking for its error:
+  what orbax's reads leave behind when a restore gives up."""
+  namespace = {}
+  exec(compile('async def read():\n  raise ValueError("truncated")\n', filename, 'exec'),
+       namespace)
+  loop = asyncio.new_event_loop()
+  loop.create_task(namespace['read']())
+  loop.run_until_complete(asyncio.sleep(0))  # the read fails in this turn of the loop
+  loop.close()
+
+
+def test_asyncio_says_nothing_of_the_reads_orbax_abandoned(caplog):
+  # The race: asyncio logs such a task's error whenever the garbage collector gets to it.
+  importlib.import_module('alexnet_jax.checkpoints')  # which installs the filter
+  with caplog.at_level(logging.ERROR, logger='asyncio'):
+    for filename in ('/venv/site-packages/orbax/checkpoint/_src/serialization/read.py',
+                     '/home/me/mine.py'):
+      _abandoned_failed_task(filename)
+      gc.collect()
+  [record] = caplog.records  # the task of other code is still reported
+  assert record.getMessage().startswith('Task exception was never retrieved')
+  assert '/home/me/mine.py' in record.getMessage()
 
 
 @pytest.mark.slow

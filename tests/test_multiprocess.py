@@ -264,6 +264,7 @@ def test_a_slurm_job_step_of_several_tasks_starts_jax_distributed(tasks, starts)
     (dict(distributed='off', coordinator_address='h:1', num_processes=2, process_id=0),
      'contradicts'),
     (dict(heartbeat_timeout=0), 'at least 1'),
+    (dict(coordination_service='separate'), 'launch.sh local sets them'),
 ])
 def test_process_flags_that_cannot_start_are_refused(fields, message):
   with pytest.raises(config_lib.UserError, match=message):
