@@ -113,24 +113,57 @@ cmd_local() {
   if (( processes == 1 )); then
     exec "$python" -m alexnet_jax.main --flagfile="$flagfile" ${args[@]+"${args[@]}"}
   fi
-  local port pids=() i
+  local port coordinator pids=() i
   port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')"
+  # JAX's coordination service in a process of its own, not in process 0: the others
+  # outlive the loss of any process, process 0 included, and say which one it was.
+  JAX_PLATFORMS=cpu "$python" -m alexnet_jax.coordinator "$port" "$processes" \
+    --flagfile="$flagfile" ${args[@]+"${args[@]}"} &
+  coordinator=$!
   # A SIGTERM to this script reaches every process: they save one checkpoint together.
   # Background jobs of a script ignore Ctrl-C: pass both SIGINT and SIGTERM on as SIGTERM.
   trap 'kill -TERM ${pids[@]+"${pids[@]}"} 2>/dev/null || true' INT TERM
   for (( i = 0; i < processes; i++ )); do
     JAX_PLATFORMS=cpu "$python" -m alexnet_jax.main --flagfile="$flagfile" ${args[@]+"${args[@]}"} \
-      --coordinator_address="localhost:$port" --num_processes="$processes" --process_id="$i" &
+      --coordinator_address="localhost:$port" --num_processes="$processes" --process_id="$i" \
+      --coordination_service=separate &
     pids+=("$!")
   done
-  local status=0 rc
-  for (( i = 0; i < processes; i++ )); do
-    rc=0
-    wait_for "${pids[i]}" || rc=$?
-    (( rc == 0 )) || echo "launch.sh: process $i exited with status $rc" >&2
-    (( status != 0 )) || status=$rc
+  # Collect the processes in the order they end (polled: bash 3 has no wait -n), so that
+  # the last line names the first one that failed, the cause of the others' errors. Bash's
+  # own report of a process killed by a signal (the whole command line) is left out.
+  local statuses=() order=() first="" rc
+  while (( ${#order[@]} < processes )); do
+    for (( i = 0; i < processes; i++ )); do
+      [[ -z "${statuses[i]:-}" ]] && ! kill -0 "${pids[i]}" 2>/dev/null || continue
+      rc=0
+      wait_for "${pids[i]}" || rc=$?
+      statuses[i]=$rc
+      order+=("$i")
+      [[ -n "$first" ]] || (( rc == 0 )) || first=$i
+    done
+    if (( ${#order[@]} < processes )) && ! kill -0 "$coordinator" 2>/dev/null; then
+      kill -TERM "${pids[@]}" 2>/dev/null || true  # it said why; without it they cannot run
+    fi
+    (( ${#order[@]} == processes )) || sleep 0.1
+  done 2>/dev/null
+  kill "$coordinator" 2>/dev/null || true
+  wait "$coordinator" 2>/dev/null || true
+  [[ -n "$first" ]] || return 0
+  for i in "${order[@]}"; do
+    (( i == first || statuses[i] == 0 )) || echo "launch.sh: $(ended "$i" "${statuses[i]}")" >&2
   done
-  return "$status"
+  echo "launch.sh: $(ended "$first" "${statuses[first]}"), the first process to stop" >&2
+  return "${statuses[first]}"
+}
+
+# How process $1 ended, from its exit status $2 (the shell's 128 + N for signal N).
+ended() {
+  if (( $2 > 128 )); then
+    echo "process $1 was killed by SIG$(kill -l $(( $2 - 128 )))"
+  else
+    echo "process $1 exited with status $2"
+  fi
 }
 
 cmd_slurm() {

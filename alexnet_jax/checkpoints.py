@@ -19,9 +19,14 @@ A checkpoint of another configuration or state layout is refused, and nothing mo
 from __future__ import annotations
 
 import dataclasses
+import errno
+import json
+import logging as std_logging
 import os
+import re
 import shutil
 import time
+import traceback
 
 from absl import logging
 import jax
@@ -42,9 +47,33 @@ NET_FIELDS = ('towers', 'num_classes', 'image_size', 'width', 'crossings', 'lrn'
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
 # What must be finite in a good state (the plateau rule's best value starts at inf).
 FINITE = ('params/', 'opt_state/')
-# Orbax warns so at every save without metrics once best_fn is set; most saves have none.
-_NO_METRICS_WARNING = 'Requested `tracked_metric`; did not provide metrics.'
-logging.get_absl_logger().addFilter(lambda record: record.getMessage() != _NO_METRICS_WARNING)
+# A step's metadata file (orbax's name): commit time, metrics, and our custom metadata.
+METADATA_FILE = '_CHECKPOINT_METADATA'
+# Orbax's log lines a user need not see: a warning at every save without metrics once
+# best_fn is set (most saves have none), and a line each time it reads a damaged metadata
+# file and goes on without it (a restore reports such a checkpoint once, as unverified).
+_QUIET = ('Requested `tracked_metric`; did not provide metrics.', 'Metadata file does not exist',
+          'Failed to read Metadata file', 'Failed to json parse Metadata file')
+logging.get_absl_logger().addFilter(lambda record: not str(record.msg).startswith(_QUIET))
+
+
+def _abandoned_read(record: std_logging.LogRecord) -> bool:
+  """Whether asyncio reports an error of orbax's that a failed read left behind.
+
+  When one array (or its metadata) cannot be read, orbax's restore raises at once and closes
+  its event loop with the other reads' tasks in it; a task that failed too in that last turn
+  of the loop keeps its error unretrieved, and asyncio logs it ("Task exception was never
+  retrieved") whenever the garbage collector gets to the task: later, at random, after the
+  one warning that reports the checkpoint. (What reaches sys.unraisablehook from the same
+  reads, main.py drops.)
+  """
+  frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info else []
+  return ('/orbax/' in record.getMessage()
+          or any('/orbax/' in frame.filename for frame in frames))
+
+
+# asyncio reports through this logger from any of orbax's loops (a new one for each read).
+std_logging.getLogger('asyncio').addFilter(lambda record: not _abandoned_read(record))
 
 
 def _top1(metrics: dict) -> float:
@@ -63,6 +92,15 @@ class SaveFailedError(UserError):
   """A checkpoint could not be written (disk full, no permission...)."""
 
 
+class WriteFailedError(UserError):
+  """The run could not write into its workdir: the disk is full, or a quota, a file size
+  limit or a read-only mount stops it."""
+
+
+# What a write can meet that no code can help: the storage refuses more.
+_STORAGE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
 def _os_error(error: BaseException | None) -> OSError | None:
   """The first OSError in error's chain of causes."""
   while error is not None and not isinstance(error, OSError):
@@ -70,11 +108,25 @@ def _os_error(error: BaseException | None) -> OSError | None:
   return error
 
 
-def os_reason(error: BaseException) -> str:
-  """'No space left on device' from an OSError in error's chain, else its first line."""
+def _os_error_code(error: BaseException | None) -> int | None:
+  """The errno of error's chain: an OSError's, or what TensorStore (orbax's writer) puts in
+  its messages, "... No space left on device [os_error_code='28']"."""
   found = _os_error(error)
-  if found is not None and found.strerror:
-    return found.strerror
+  if found is not None and found.errno:
+    return found.errno
+  while error is not None:
+    code = re.search(r"os_error_code='?(\d+)", str(error))
+    if code:
+      return int(code[1])
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def os_reason(error: BaseException) -> str:
+  """'No space left on device' from the errno in error's chain, else its first line."""
+  code = _os_error_code(error)
+  if code is not None:
+    return os.strerror(code)
   text = str(error).strip()
   return text.splitlines()[0][:200] if text else type(error).__name__
 
@@ -146,6 +198,8 @@ class Checkpoints:
                        'config': ocp.JsonCheckpointHandler()})
     self._failed, self._saving = False, None
     self._torn = [] if read_only else self._read_metrics()
+    if not read_only:
+      distributed.set_resume_note(self._resume_note)  # what outlives a lost process says
 
   def _read_metrics(self) -> list[int]:
     """Gives the policy every checkpoint's metrics; sets aside those whose file is torn.
@@ -195,8 +249,17 @@ class Checkpoints:
 
   def progress(self, step: int) -> dict:
     """The training progress saved with `step` ({} for checkpoints written before it was)."""
-    custom = self.manager.metadata(step).custom_metadata or {}
-    return {key: value for key, value in custom.items() if key != 'digests'}
+    return {key: value for key, value in self._custom_metadata(step).items()
+            if key != 'digests'}
+
+  def _custom_metadata(self, step: int) -> dict:
+    """What save() recorded beside the arrays (digests, progress). Read here, not by orbax,
+    which takes a damaged file for an empty one: OSError or ValueError if it is damaged."""
+    with open(os.path.join(self.directory, str(step), METADATA_FILE)) as f:
+      metadata = json.load(f)
+    if not isinstance(metadata, dict):
+      raise ValueError(f'{METADATA_FILE} holds no JSON object')
+    return metadata.get('custom_metadata') or {}
 
   def check_saves(self) -> None:
     """SaveFailedError if a background save has failed (returns at once while one runs)."""
@@ -210,14 +273,45 @@ class Checkpoints:
     except Exception as error:  # pylint: disable=broad-except
       raise self._save_failed(error) from error  # orbax re-raises the background error
 
+  def newest(self) -> int | None:
+    """The newest complete checkpoint on disk now, read afresh: orbax writes a checkpoint
+    under a temporary name and gives it its step's once every process has written it."""
+    steps = [int(name) for name in os.listdir(self.directory) if name.isdigit()]
+    return max(steps, default=None)
+
+  def _resume_note(self) -> str:
+    newest = self.newest()
+    if newest is None:
+      return 'No checkpoint was saved yet: run the same command to start again.'
+    return (f'The newest good checkpoint is step {newest} in {self.directory}: run the same '
+            'command to resume from it.')
+
   def _save_failed(self, error: BaseException) -> SaveFailedError:
     self._failed = True
     self.manager.reload()  # orbax already dropped the steps this save was to replace
-    good = self.steps()
+    newest = self.newest()
     return SaveFailedError(
         f'checkpoint of step {self._saving} not written: {os_reason(error)} in '
         f'{self.directory}; the newest good checkpoint is '
-        f'{"step " + str(good[-1]) if good else "none"}.')
+        f'{"none" if newest is None else f"step {newest}"}.')
+
+  def __enter__(self) -> Checkpoints:
+    return self
+
+  def __exit__(self, kind, error, traceback) -> None:
+    """close(); a run stopped by a write the storage refused (metrics, TensorBoard events, an
+    evaluation's result: a full disk) as WriteFailedError, naming the newest checkpoint."""
+    self.close()  # SaveFailedError if the last save failed: it says all there is to say
+    if isinstance(error, UserError) or _os_error_code(error) not in _STORAGE_FULL:
+      return
+    newest, written = self.newest(), getattr(_os_error(error), 'filename', None)
+    saved = (f'the newest good checkpoint is step {newest}' if newest is not None
+             else 'no checkpoint yet')
+    fix = 'Make it writable' if _os_error_code(error) == errno.EROFS else 'Make room'
+    raise WriteFailedError(
+        f'the run cannot write into {self.workdir}: {os_reason(error)}'
+        f'{f" ({written})" if written else ""}; {saved}. {fix} and run the same command to '
+        'resume.') from error
 
   def close(self) -> None:
     """Waits for the last save (SaveFailedError if it failed), then closes the manager."""
@@ -294,6 +388,11 @@ class Checkpoints:
           f'another version of the code or another optimizer): {difference}. Use the code '
           'and flags it was trained with, or another --workdir.')
     try:
+      digests = self._custom_metadata(step).get('digests')
+    except (OSError, ValueError) as error:
+      return None, (f'its {METADATA_FILE} cannot be read ({_first_line(error)}), so its arrays '
+                    'cannot be verified against their digests')
+    try:
       if self.read_only:
         read = ocp.args.PyTreeRestore(
             abstract_state, partial_restore=True,
@@ -301,7 +400,6 @@ class Checkpoints:
       else:
         read = ocp.args.StandardRestore(abstract_state)
       state = self.manager.restore(step, args=ocp.args.Composite(state=read))['state']
-      digests = (self.manager.metadata(step).custom_metadata or {}).get('digests')
     except Exception as error:  # pylint: disable=broad-except
       return None, f'its arrays cannot be read ({_first_line(error)})'
     why = integrity.verify(state, digests, FINITE)

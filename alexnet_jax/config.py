@@ -93,6 +93,9 @@ class ModelConfig:
 
 DATA, TOWER = 'data', 'tower'
 DISTRIBUTED_MODES = ('auto', 'on', 'off')
+# Where the coordination service runs: in process 0 (JAX's way), or in a process of its own
+# (launch.sh local), so that losing any training process, process 0 included, is survivable.
+COORDINATION_SERVICES = ('process0', 'separate')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +155,7 @@ class ProcessConfig:
   process_id: int | None = None
   heartbeat_timeout: int = 100          # seconds without a heartbeat: a process is dead
   initialization_timeout: int = 300     # seconds to wait for every process to join
+  coordination_service: str = 'process0'  # or 'separate': launch.sh local runs it
 
   @property
   def explicit(self) -> bool:
@@ -159,6 +163,7 @@ class ProcessConfig:
 
   def validate(self) -> None:
     _one_of('distributed', self.distributed, DISTRIBUTED_MODES)
+    _one_of('coordination_service', self.coordination_service, COORDINATION_SERVICES)
     named = (self.coordinator_address, self.num_processes, self.process_id)
     if any(value is not None for value in named) and None in named:
       raise UserError('--coordinator_address, --num_processes and --process_id go together: '
@@ -171,6 +176,9 @@ class ProcessConfig:
     if self.explicit and ':' not in self.coordinator_address:
       raise UserError(f'--coordinator_address must be host:port, got '
                       f'{self.coordinator_address!r}.')
+    if self.coordination_service == 'separate' and not self.explicit:
+      raise UserError('--coordination_service=separate needs --coordinator_address, '
+                      '--num_processes and --process_id (launch.sh local sets them).')
     if min(self.heartbeat_timeout, self.initialization_timeout) < 1:
       raise UserError('--heartbeat_timeout and --initialization_timeout must be at least 1 s.')
 

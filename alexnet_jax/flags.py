@@ -24,7 +24,8 @@ CONFIGS = {
                          'lrn_variant', 'conv1_padding', 'pool_rounding', 'input_convention'),
     config.MeshConfig: ('mesh', 'cpu_devices'),
     config.ProcessConfig: ('distributed', 'coordinator_address', 'num_processes', 'process_id',
-                           'heartbeat_timeout', 'initialization_timeout'),
+                           'heartbeat_timeout', 'initialization_timeout',
+                           'coordination_service'),
     config.DataConfig: ('dataset', 'data_dir', 'manual_dir', 'demo_data', 'train_split',
                         'eval_split', 'augment', 'eval_crops', 'mean', 'pca_std',
                         'standardize', 'shuffle_buffer', 'store', 'store_quality',
@@ -79,6 +80,9 @@ HELP = {
     'heartbeat_timeout': 'Seconds without a heartbeat after which a process counts as dead '
                          'and the others stop with an error.',
     'initialization_timeout': 'Seconds to wait for every process to join.',
+    'coordination_service': "Where JAX's coordination service runs: process0 (JAX's way; "
+                            'losing process 0 ends the others at once) or separate (a process '
+                            'of its own, started by launch.sh local).',
     'dataset': 'Any TFDS image-classification dataset.',
     'data_dir': "TFDS data dir (default: TFDS's own).",
     'manual_dir': 'Where ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar lie.',
@@ -155,7 +159,8 @@ HELP = {
 ENUMS = {'mode': config.MODES, 'dtype': config.DTYPES, 'init': config.INIT_SCHEMES,
          'lrn_variant': config.LRN_VARIANTS, 'conv1_padding': config.CONV1_PADDINGS,
          'pool_rounding': config.POOL_ROUNDINGS, 'input_convention': config.INPUT_CONVENTIONS,
-         'distributed': config.DISTRIBUTED_MODES, 'augment': config.AUGMENTS,
+         'distributed': config.DISTRIBUTED_MODES,
+         'coordination_service': config.COORDINATION_SERVICES, 'augment': config.AUGMENTS,
          'mean': config.MEANS, 'store': config.STORES, 'schedule': config.SCHEDULES,
          'benchmark': config.BENCHMARKS}
 # Flags with no default of their own type (None) and the type they take.

@@ -355,10 +355,11 @@ def main(argv):
     if experiment.mesh.cpu_devices:
       jax.config.update('jax_num_cpu_devices', experiment.mesh.cpu_devices)
     distributed.initialize(experiment.processes)  # before anything touches a device
-    experiment = with_net_of_checkpoint(experiment)
-    experiment.validate()
-    shape = experiment.mesh_shape(jax.device_count())
-    run(experiment, parallel.make_mesh(shape))
+    with distributed.lost_processes_reported():
+      experiment = with_net_of_checkpoint(experiment)
+      experiment.validate()
+      shape = experiment.mesh_shape(jax.device_count())
+      run(experiment, parallel.make_mesh(shape))
   except config.UserError as error:
     logging.debug('Traceback of the error below:', exc_info=True)  # --verbosity=1 shows it
     _fail(error)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from typing import Callable
 
@@ -23,34 +24,59 @@ NOT_SCALARS = ('epoch', 'crops')
 
 
 class MetricsWriter:
-  """Appends metrics to WORKDIR/metrics.jsonl and to TensorBoard (tensorboardX)."""
+  """Appends metrics to WORKDIR/metrics.jsonl and to a TensorBoard event file (tensorboardX).
+
+  Events are written here, in the training loop's thread, flushed every FLUSH_SECONDS and
+  at close: a write that fails (a full disk) raises its OSError in the loop, and the file
+  is closed even then. tensorboardX's SummaryWriter writes from a thread of its own, which a
+  failed write ends with a traceback, after which the loop blocks on its full queue; and its
+  close leaves the file open when the flush fails, for the interpreter to fail again at exit.
+  """
+
+  FLUSH_SECONDS = 60
 
   def __init__(self, workdir: str):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._tensorboard = None
+    self._events, self._flushed = None, time.time()
     if self.active:
       os.makedirs(workdir, exist_ok=True)
       drop_torn_line(self.path)
       try:
-        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-        self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+        from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
       except ImportError:
         logging.info('tensorboardX is not installed: no TensorBoard event files.')
+        return
+      directory = os.path.join(workdir, 'tensorboard')
+      os.makedirs(directory, exist_ok=True)
+      # SummaryWriter's name and first event.
+      self._events = record_writer.RecordWriter(os.path.join(
+          directory, f'events.out.tfevents.{time.time():.0f}.{socket.gethostname()}'))
+      self._write_event(file_version='brain.Event:2')
+
+  def _write_event(self, **fields) -> None:
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    self._events.write(event_pb2.Event(wall_time=time.time(), **fields).SerializeToString())
 
   def write(self, step: int, **values) -> None:
     if not self.active:
       return
     with open(self.path, 'a') as f:
       f.write(json.dumps(dict(step=step, **values), sort_keys=True) + '\n')
-    if self._tensorboard is not None:
-      for name, value in values.items():
-        if isinstance(value, (int, float)) and name not in NOT_SCALARS:
-          self._tensorboard.add_scalar(name, value, step)
+    if self._events is None:
+      return
+    from tensorboardX import summary  # pylint: disable=import-outside-toplevel
+    for name, value in values.items():
+      if isinstance(value, (int, float)) and name not in NOT_SCALARS:
+        self._write_event(step=step, summary=summary.scalar(name, value))
+    if time.time() - self._flushed > self.FLUSH_SECONDS:
+      self._events.flush()
+      self._flushed = time.time()
 
   def close(self) -> None:
-    if self._tensorboard is not None:
-      self._tensorboard.close()
+    if self._events is not None:
+      events, self._events = self._events, None
+      events.close()  # flushes, and closes the file even when the flush fails
 
 
 def drop_torn_line(path: str) -> None:

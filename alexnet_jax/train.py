@@ -234,7 +234,7 @@ class _Run:
     self.ctrl_c = cleanup.enter_context(interrupts.CtrlC(enabled=jax.process_count() == 1))
     self.checkpoints = checkpoints_lib.Checkpoints(workdir, dataclasses.asdict(model_config),
                                                    keep=train_config.keep_checkpoints)
-    cleanup.callback(self.checkpoints.close)
+    cleanup.enter_context(self.checkpoints)  # closes it; a full disk is one line
     self.writer = metrics_lib.MetricsWriter(workdir)
     cleanup.callback(self.writer.close)
     self.steps_per_epoch = max(1, data.examples_per_epoch // batch)

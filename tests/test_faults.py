@@ -1,9 +1,14 @@
 """Real processes: SIGTERM and Ctrl-C save and exit, kill -9 loses only unsaved steps, the
 workdir lock, a full disk, a read-only workdir, a torn metrics line, bad input."""
 
+import asyncio
+import gc
 import glob
+import importlib
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -143,6 +148,49 @@ def test_eval_skips_a_truncated_checkpoint_with_one_warning_and_nothing_else(dem
   assert len(warnings) == 1 and f'Checkpoint {newest} ' in warnings[0], warnings
 
 
+@pytest.mark.stderr
+@pytest.mark.slow
+def test_a_checkpoint_whose_metadata_file_is_emptied_is_unverified_and_set_aside(
+    demo, straight_run, tmp_path):
+  # Its digests lived in that file: without them the arrays cannot be verified.
+  workdir = tmp_path / 'run'
+  shutil.copytree(straight_run, workdir)
+  newest, older = _checkpoint_steps(workdir)[-1], _checkpoint_steps(workdir)[-2]
+  (workdir / 'checkpoints' / str(newest) / '_CHECKPOINT_METADATA').write_text('')
+  result = cli.run_main(*_flags(demo, workdir, num_train_steps=STEPS + 1))
+  assert result.returncode == 0, result.stderr
+  [warning] = cli.problems(result.stderr)
+  assert f'Checkpoint {newest} ' in warning and 'cannot be verified' in warning
+  assert f'Restored step {older} ' in result.stderr
+  assert [d.split('-')[0] for d in os.listdir(workdir / 'corrupt')] == [str(newest)]
+  assert _losses(workdir)[STEPS] == _losses(straight_run)[STEPS]  # step 10 again, the same
+
+
+def _abandoned_failed_task(filename: str) -> None:
+  """A task of code in `filename` that failed on a loop closed without asking for its error:
+  what orbax's reads leave behind when a restore gives up."""
+  namespace = {}
+  exec(compile('async def read():\n  raise ValueError("truncated")\n', filename, 'exec'),
+       namespace)
+  loop = asyncio.new_event_loop()
+  loop.create_task(namespace['read']())
+  loop.run_until_complete(asyncio.sleep(0))  # the read fails in this turn of the loop
+  loop.close()
+
+
+def test_asyncio_says_nothing_of_the_reads_orbax_abandoned(caplog):
+  # The race: asyncio logs such a task's error whenever the garbage collector gets to it.
+  importlib.import_module('alexnet_jax.checkpoints')  # which installs the filter
+  with caplog.at_level(logging.ERROR, logger='asyncio'):
+    for filename in ('/venv/site-packages/orbax/checkpoint/_src/serialization/read.py',
+                     '/home/me/mine.py'):
+      _abandoned_failed_task(filename)
+      gc.collect()
+  [record] = caplog.records  # the task of other code is still reported
+  assert record.getMessage().startswith('Task exception was never retrieved')
+  assert '/home/me/mine.py' in record.getMessage()
+
+
 @pytest.mark.slow
 def test_eval_with_10_crops_writes_its_own_result_beside_the_1_crop_one(demo, straight_run):
   one_crop = f'{straight_run}/eval/train_90_step{STEPS}.json'
@@ -231,6 +279,44 @@ def test_a_failed_background_save_stops_the_run_with_one_line_and_deletes_nothin
   assert _checkpoint_steps(tmp_path) == [25]
   # Stopped at a step boundary soon after the failure, not at the next save (75).
   assert 50 <= max(_losses(tmp_path)) < 75
+
+
+@pytest.mark.stderr
+@pytest.mark.slow
+def test_a_disk_filled_by_another_process_stops_the_run_with_one_line_and_deletes_nothing(
+    demo, tmp_path):
+  # Full once checkpoint 4 is written. Which write finds it first depends on when that
+  # checkpoint's background commit lands: a metrics line or TensorBoard event (then the
+  # clean-up's own writes fail too), or the save of step 8. Either way: one line.
+  result = cli.run_main('disk_full_after_step=4', *_flags(
+      demo, tmp_path, num_train_steps=100, checkpoint_every_steps=4, keep_checkpoints=1,
+      eval_every_steps=1000), module='tests.faulty_main')
+  assert result.returncode == 1, result.stderr
+  [line] = cli.problems(result.stderr)
+  assert re.fullmatch(
+      rf'alexnet_jax: error: (the run cannot write into {tmp_path}: No space left on device '
+      rf'\({tmp_path}/\S+\); the newest good checkpoint is step 4\. Make room and run the same '
+      rf'command to resume\.|checkpoint of step 8 not written: No space left on device in '
+      rf'{tmp_path}/checkpoints; the newest good checkpoint is step 4\.)', line), line
+  assert _checkpoint_steps(tmp_path) == [4]
+  # Stopped at the first write after checkpoint 4 landed (its commit runs in the background;
+  # the save of step 8 waits for it).
+  assert 4 <= max(_losses(tmp_path)) <= 8
+
+
+def test_the_cause_of_a_failed_save_is_found_in_tensorstore_s_message():
+  from alexnet_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  error = ValueError(
+      'RESOURCE_EXHAUSTED: Error writing "opt_state.inner_state.2.trace.conv4.kernel/0.0.0.0.0" '
+      'in OCDBT database at local file "/w/checkpoints/5.orbax-checkpoint-tmp/state.orbax-'
+      'checkpoint-tmp/ocdbt.process_0/": Failed writing: "/w/checkpoints/5.orbax-checkpoint-tmp'
+      '/state.orbax-checkpoint-tmp/ocdbt.process_0/d/04bf3adb84fd66bec3f47d2451e57556": Failed '
+      "to write 1216512 bytes to file 12: No space left on device [os_error_code='28']")
+  assert checkpoints.os_reason(error) == 'No space left on device'
+  try:
+    raise RuntimeError('the save failed') from error
+  except RuntimeError as chained:
+    assert checkpoints.os_reason(chained) == 'No space left on device'
 
 
 @pytest.mark.stderr

@@ -123,38 +123,76 @@ def test_tpu_runs_gcloud_with_a_command_that_survives_the_remote_shell(tmp_path)
   assert shlex.split(_launch(*args, '--dry-run').stdout) == ['gcloud', *argv]
 
 
-@pytest.mark.stderr
-def test_local_starts_processes_that_find_each_other_and_forwards_sigterm(tmp_path):
-  """With a stand-in python that logs how it was started and exits 3 x its id on SIGTERM."""
+def _stand_in_python(tmp_path, body: str) -> dict:
+  """The environment of a launch.sh whose python is a bash script: it answers launch.sh's
+  question for a free port, writes how it was started to tmp_path/coordinator (the
+  coordination service, until SIGTERM) or tmp_path/ID (process ID), then runs `body`."""
   python = tmp_path / 'venv' / 'bin' / 'python'
   python.parent.mkdir(parents=True)
   python.write_text(f"""#!/bin/bash
-[[ "$1" == -c ]] && exec {sys.executable} "$@"  # launch.sh asks python for a free port
-id="${{@: -1}}"; id="${{id#--process_id=}}"
-trap 'echo TERM >> {tmp_path}/$id; exit $((3 * id))' TERM
+[[ "$1" == -c ]] && exec {sys.executable} "$@"
+if [[ "$2" == alexnet_jax.coordinator ]]; then
+  printf '%s\\n' "JAX_PLATFORMS=$JAX_PLATFORMS" "$@" > {tmp_path}/coordinator
+  trap 'exit 0' TERM
+  while true; do sleep 0.05; done
+fi
+for arg in "$@"; do [[ "$arg" == --process_id=* ]] && id="${{arg#--process_id=}}"; done
 printf '%s\\n' "JAX_PLATFORMS=$JAX_PLATFORMS" "$@" > {tmp_path}/$id
-while true; do sleep 0.05; done
+{body}
 """)
   python.chmod(0o755)
+  return {**os.environ, 'ALEXNET_VENV': str(tmp_path / 'venv')}
+
+
+def _wait_for_files(tmp_path, names):
+  deadline = time.time() + 30
+  while not all((tmp_path / name).exists() for name in names) and time.time() < deadline:
+    time.sleep(0.05)
+
+
+@pytest.mark.stderr
+def test_local_starts_processes_that_find_each_other_and_forwards_sigterm(tmp_path):
+  """The stand-in processes exit 3 x their id on SIGTERM."""
+  env = _stand_in_python(tmp_path, f"""
+trap 'echo TERM >> {tmp_path}/$id; exit $((3 * id))' TERM
+while true; do sleep 0.05; done""")
   launcher = subprocess.Popen(
       [LAUNCH, 'local', 'experiments/paper.flags', '--processes', '2', '--cpu_devices=2'],
-      env={**os.environ, 'ALEXNET_VENV': str(tmp_path / 'venv')}, stderr=subprocess.PIPE,
-      text=True)
-  deadline = time.time() + 30
-  while not all((tmp_path / str(i)).exists() for i in (0, 1)) and time.time() < deadline:
-    time.sleep(0.05)
+      env=env, stderr=subprocess.PIPE, text=True)
+  _wait_for_files(tmp_path, ('coordinator', '0', '1'))
   launcher.send_signal(signal.SIGTERM)
   _, stderr = launcher.communicate(timeout=30)
   started = [(tmp_path / str(i)).read_text().splitlines() for i in (0, 1)]
   port = started[0][5].rsplit(':', 1)[1]
   assert port.isdigit()
+  assert (tmp_path / 'coordinator').read_text().splitlines() == [
+      'JAX_PLATFORMS=cpu', '-m', 'alexnet_jax.coordinator', port, '2',
+      '--flagfile=experiments/paper.flags', '--cpu_devices=2']
   for i, lines in enumerate(started):
     assert lines == ['JAX_PLATFORMS=cpu', '-m', 'alexnet_jax.main',
                      '--flagfile=experiments/paper.flags', '--cpu_devices=2',
                      f'--coordinator_address=localhost:{port}', '--num_processes=2',
-                     f'--process_id={i}', 'TERM']
+                     f'--process_id={i}', '--coordination_service=separate', 'TERM']
   assert launcher.returncode == 3  # the first failure
-  assert 'process 1 exited with status 3' in stderr and 'process 0' not in stderr
+  assert stderr.splitlines() == ['launch.sh: process 1 exited with status 3, the first process '
+                                 'to stop']
+
+
+@pytest.mark.stderr
+def test_local_names_the_process_that_stopped_first_last_with_its_signal(tmp_path):
+  """Stand-in process 1 is killed by SIGKILL; process 0 then exits with status 1, as a
+  survivor does (a second later: launch.sh looks every 0.1 s)."""
+  env = _stand_in_python(tmp_path, """
+sleep 0.5
+(( id == 1 )) && kill -KILL $$
+sleep 1
+exit 1""")
+  result = subprocess.run([LAUNCH, 'local', 'experiments/paper.flags', '--processes', '2'],
+                          env=env, capture_output=True, text=True, timeout=30)
+  assert result.returncode == 128 + signal.SIGKILL
+  assert result.stderr.splitlines() == [
+      'launch.sh: process 0 exited with status 1',
+      'launch.sh: process 1 was killed by SIGKILL, the first process to stop']
 
 
 @pytest.mark.stderr

@@ -2,6 +2,7 @@
 
 import json
 import os
+import warnings
 
 import jax
 import numpy as np
@@ -203,3 +204,16 @@ def test_a_short_last_loss_window_is_drawn_at_its_middle_not_as_a_dip(tmp_path):
   np.testing.assert_allclose(data['epoch'], [1.0, 2.0, 3.0, 3.3])
   # On one straight line (no dip): loss = 99.5 - 10 * epoch at every point.
   np.testing.assert_allclose(data['loss'], 99.5 - 10 * data['loss_epoch'])
+
+
+def test_curves_of_a_workdir_named_in_any_script_are_drawn_without_a_warning(tmp_path):
+  # Its name is the legend's label; DejaVu Sans, matplotlib's font, has no CJK characters.
+  workdir = tmp_path / '学习 run'
+  workdir.mkdir()
+  (workdir / 'metrics.jsonl').write_text(
+      '{"step": 1, "loss": 2.0, "learning_rate": 0.01, "epoch": 0.5}\n'
+      '{"step": 2, "top1": 0.5, "top5": 0.9, "epoch": 1.0}\n')
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # matplotlib warns of each glyph it lacks
+    figures.learning_curves([str(workdir)], str(tmp_path / 'curves.png'))
+  assert (tmp_path / 'curves.png').stat().st_size > 10_000

@@ -7,6 +7,7 @@ an image of (R * (h + pad) + pad) x (C * (w + pad) + pad) pixels.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Sequence
@@ -14,6 +15,8 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use('Agg')
+from matplotlib import font_manager  # pylint: disable=g-import-not-at-top
+from matplotlib import ft2font  # pylint: disable=g-import-not-at-top
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from PIL import Image
@@ -157,6 +160,24 @@ def curve_data(workdir: str) -> dict[str, np.ndarray]:
           'drops': epochs[1:][rates[1:] < 0.2 * rates[:-1]]}
 
 
+@functools.cache
+def _font_characters() -> frozenset[int]:
+  """The characters of the font matplotlib draws text with (DejaVu Sans unless configured)."""
+  path = font_manager.findfont(font_manager.FontProperties())
+  return frozenset(ft2font.FT2Font(path).get_charmap())
+
+
+def drawable(text: str) -> str:
+  """text with each character the font lacks written as its escape (\\u5b66).
+
+  Labels come from workdir names: matplotlib would draw a CJK character, say, as a box and
+  warn about each one.
+  """
+  characters = _font_characters()
+  return ''.join(c if ord(c) in characters else c.encode('unicode_escape').decode()
+                 for c in text)
+
+
 def learning_curves(workdirs: Sequence[str], path: str,
                     labels: Sequence[str] | None = None) -> str:
   """Loss, top-1/top-5 error and learning rate against epochs; marks learning-rate drops.
@@ -164,7 +185,8 @@ def learning_curves(workdirs: Sequence[str], path: str,
   Several runs share the axes (ablations side by side), labelled by `labels` or by the
   workdirs' names; the legend gives each run's last error.
   """
-  labels = labels or [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  labels = [drawable(label) for label in
+            labels or [os.path.basename(os.path.normpath(w)) for w in workdirs]]
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   for workdir, label in zip(workdirs, labels):
     data = curve_data(workdir)
