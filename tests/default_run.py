@@ -55,8 +55,17 @@ def run(shape) -> dict:
           'program_sha256': hashlib.sha256(program.encode()).hexdigest()}
 
 
+def cpu() -> str:
+  """The CPU's model and a digest of its feature flags (XLA compiles for both)."""
+  flags = ''
+  if os.path.exists('/proc/cpuinfo'):
+    with open('/proc/cpuinfo') as f:
+      flags = next((line for line in f if line.startswith('flags')), '')
+  return f'{measure.cpu_model()}; flags sha256 {hashlib.sha256(flags.encode()).hexdigest()[:16]}'
+
+
 def main() -> None:
-  record = {'jax': jax.__version__, 'cpu': measure.cpu_model(),
+  record = {'jax': jax.__version__, 'cpu': cpu(),
             'runs': {f'{data},{tower}': run((data, tower)) for data, tower in MESHES}}
   with open(RECORD, 'w') as f:
     json.dump(record, f, indent=2)

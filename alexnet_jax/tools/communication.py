@@ -177,7 +177,7 @@ def collectives(hlo_text: str, mesh) -> list[Collective]:
     module = _MODULE.search(op_name)
     if scope:
       layer = scope['layer']
-    elif match['shape'].startswith('('):
+    elif ':' in op_name:
       layer = 'several'  # XLA merged the reductions of several layers into one op
     else:
       layer = module['layer'] if module else '?'

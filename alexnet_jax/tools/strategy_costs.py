@@ -156,13 +156,17 @@ def _towers(config, shape, global_batch, counts, specs):
 # The same, counted in the compiled training step.
 
 
-def compiled(config: config_lib.ModelConfig, devices: int, global_batch: int,
-             device_list=None) -> Costs:
-  """Compiles the training step on `devices` of device_list (default jax.devices()) and
-  counts its collectives, the state it takes per device and its FLOPs per device."""
-  shape = mesh_shape(config, devices)
-  mesh = parallel.make_mesh(shape, (device_list or jax.devices())[:devices])
-  program = train.lower_train_step(config, mesh, global_batch).compile()
+def compile_step(config: config_lib.ModelConfig, devices: int, global_batch: int,
+                 device_list=None):
+  """(mesh, the compiled training step) of the strategy on `devices` of device_list
+  (default jax.devices())."""
+  mesh = parallel.make_mesh(mesh_shape(config, devices), (device_list or jax.devices())[:devices])
+  return mesh, train.lower_train_step(config, mesh, global_batch).compile()
+
+
+def counted(config: config_lib.ModelConfig, mesh, program) -> Costs:
+  """The costs per device counted in a compiled training step: its collectives, the state
+  it takes per device, its FLOPs."""
   sent = collections.Counter()
   for op in communication.collectives(program.as_text(), mesh):
     sent[op.kind, op.direction] += op.received_bytes
@@ -173,7 +177,9 @@ def compiled(config: config_lib.ModelConfig, devices: int, global_batch: int,
              for path, leaf in jax.tree_util.tree_flatten_with_path(
                  train.abstract_state(config, config_lib.OptimizerConfig(), mesh))[0]
              if leaf.ndim)
-  return Costs(config.parallelism, devices, shape, dict(sent), held, model_flops(program.as_text()))
+  shape = config_lib.MeshShape(**mesh.shape)
+  return Costs(config.parallelism, mesh.size, shape, dict(sent), held,
+               model_flops(program.as_text()))
 
 
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(?P<name>[\w.-]+) = (?P<shape>\S+) (?P<op>[\w-]+)\('
