@@ -76,10 +76,11 @@ def param_specs(boxed_params, config: ModelConfig, mesh):
       devices = math.prod(mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis or ()))
       if size % devices:
         layer = jax.tree_util.keystr(path[:1], simple=True)
+        flag = '--num_classes' if name == 'classes' else '--width'
         raise UserError(
             f'--parallelism={config.parallelism} splits {layer}\'s {size} {_WHAT[name]} over '
             f'{devices} devices, which does not divide them: use a device count that '
-            f'divides {size} (or another --width or --num_classes), or another --parallelism.')
+            f'divides {size} (or another {flag}), or another --parallelism.')
   return specs
 
 
