@@ -250,3 +250,35 @@ def test_a_run_resumes_under_another_strategy_as_if_it_had_kept_its_own(demo, tm
                                                              rel=1e-5)
   assert switched['top1'] == straight['top1'] and switched['top5'] == straight['top5']
   assert switched['loss'] == pytest.approx(straight['loss'], rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------
+# The performance model (tools/parallelism.py).
+
+
+def test_the_model_adds_compute_and_communication_at_the_stated_rates():
+  from alexnet_jax.tools import parallelism  # pylint: disable=import-outside-toplevel
+  link = parallelism.Hardware('test', flops_per_second=1e12, link_bytes_per_second=1e9)
+  for strategy in STRATEGIES:
+    config = _config(EVEN, strategy)
+    costs = strategy_costs.formula(config, 4, 4 * 16)
+    got = parallelism.predict(config, 4, 16, link)
+    assert got.compute_seconds == pytest.approx(costs.flops / 1e12)
+    assert got.communication_seconds == pytest.approx(costs.sent_bytes / 1e9)
+    alone = parallelism.predict(config, 1, 16, link)
+    assert alone.communication_seconds == 0 and alone.efficiency == pytest.approx(1)
+    assert got.efficiency == pytest.approx(alone.step_seconds / got.step_seconds)
+  assert parallelism.predict(_config(EVEN, 'towers'), 3, 16, link) is None
+
+
+def test_the_figure_is_written_from_the_model(tmp_path):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.tools import parallelism  # pylint: disable=import-outside-toplevel
+  hardware = [parallelism.H100_NVLINK, parallelism.H100_PCIE]
+  drawn = parallelism.draw(EVEN, 16, hardware, 8, str(tmp_path / 'parallelism.png'))
+  with Image.open(tmp_path / 'parallelism.png') as figure:
+    assert figure.format == 'PNG' and figure.width > 1000
+  assert set(drawn) == {(strategy, h.name, n) for strategy in STRATEGIES for h in hardware
+                        for n in (1, 2, 4, 8) if not (strategy == 'towers' and n == 1)}
+  assert drawn['data', parallelism.H100_PCIE.name, 8] == parallelism.predict(
+      _config(EVEN, 'data'), 8, 16, parallelism.H100_PCIE)

@@ -40,6 +40,7 @@ import numpy as np
 from alexnet_jax import config as config_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
+from alexnet_jax import strategies
 from alexnet_jax import train
 from alexnet_jax.tools import communication
 from alexnet_jax.tools import summary
@@ -67,6 +68,18 @@ class Costs:
 def mesh_shape(config: config_lib.ModelConfig, devices: int) -> config_lib.MeshShape:
   """The mesh a strategy gets on `devices` when --mesh is left out."""
   return config_lib.MeshConfig().shape(devices, config.towers, config.parallelism)
+
+
+def check_divides(config: config_lib.ModelConfig, devices: int, global_batch: int) -> None:
+  """UserError unless the batch and every split of the strategy divide over `devices`
+  (from shapes alone: nothing is compiled)."""
+  shape = mesh_shape(config, devices)
+  if global_batch % shape.data:
+    raise config_lib.UserError(f'a batch of {global_batch} does not divide over the '
+                               f'{shape.data} devices of the data axis.')
+  mesh = jax.sharding.AbstractMesh((shape.data, shape.tower),
+                                   (config_lib.DATA, config_lib.TOWER))
+  strategies.param_specs(parallel.abstract_params(config), config, mesh)
 
 
 def _ring(n: int) -> float:
