@@ -74,9 +74,9 @@ class Prediction:
 
 def predict(config: config_lib.ModelConfig, devices: int, batch_per_device: int,
             hardware: Hardware) -> Prediction | None:
-  """The model's step (module docstring); None where the strategy cannot run (towers on an
-  odd device count)."""
-  if config.parallelism == 'towers' and config.towers == 2 and devices % 2:
+  """The model's step (module docstring); None where the strategy does not run as itself
+  (the two towers on an odd number of devices, more than one)."""
+  if config.parallelism == 'towers' and config.towers == 2 and devices % 2 and devices > 1:
     return None
   costs = strategy_costs.formula(config, devices, batch_per_device * devices)
   alone = strategy_costs.formula(config, 1, batch_per_device).flops
