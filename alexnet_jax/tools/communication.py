@@ -126,7 +126,7 @@ def _own_mesh_axes(match: re.Match, mesh) -> tuple[set[str], int] | None:
   if any(axis['sub'] or axis['name'] not in sizes for axis in named):
     return None
   ids = np.arange(math.prod(sizes.values()))
-  listed = re.search(r'device_ids=\((?P<ids>[^)]*)\)', match[0])
+  listed = re.search(r'device_ids=\((?P<ids>(?:[^()]|\([^()]*\))*)\)', match[0])
   if listed:
     groups = _listed_groups(f'replica_groups={listed["ids"]}', ids.size)
     if groups is None:
