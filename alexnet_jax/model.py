@@ -7,7 +7,8 @@ crossings: into conv3, fc6, fc7 and fc8), it asks a `TowerExchange` for the
 activations of all towers. Caffe's LRN (`lrn_variant='caffe'`) adds a crossing at
 conv1's and conv2's LRN: it asks for the edge channels of the neighbouring tower.
 `LocalTowers` (every tower on this device) concatenates them; `alexnet_jax.parallel`
-supplies an exchange that calls collectives over the mesh's 'tower' axis. Nothing here
+supplies an exchange that calls collectives over the mesh's 'tower' axis (and, for the 2014
+hybrid, gathers what a fully-connected layer split by units reads). Nothing here
 knows about meshes: parameters and activations carry logical axis names (below), which
 each parallelism strategy maps to mesh axes with its own table of rules
 (`alexnet_jax.strategies`).

@@ -1,11 +1,14 @@
-"""Where the towers live: the ('data', 'tower') mesh and the one shard_map of the net.
+"""Where the net lives: the ('data', 'tower') mesh, the parameters' shardings under the
+strategy's rules (strategies.py), and the one forward every mode runs.
 
 Mesh axis 'tower' has size 1 or 2. With 2, device (d, t) holds tower t of data shard d,
 as the paper's two GPUs did; with 1, every device holds both towers and runs them one
-after the other. Axis 'data' splits the batch. Inside the shard_map each device runs
-its local towers; the only collectives over 'tower' are the four crossings the model
-asks for (all-gather into conv3, fc6, fc7; a sum of partial logits into fc8), and with
-Caffe's LRN an all-gather of the two edge channels each tower's neighbour reads.
+after the other. Axis 'data' splits the batch. Under --parallelism=towers, inside the
+shard_map each device runs its local towers; the only collectives over 'tower' are the
+four crossings the model asks for (all-gather into conv3, fc6, fc7; a sum of partial
+logits into fc8), and with Caffe's LRN an all-gather of the two edge channels each
+tower's neighbour reads. The hybrid and fsdp run in the same shard_map with their own
+explicit collectives over 'data'; data parallelism runs under jit (sharded_forward).
 """
 
 from __future__ import annotations
@@ -200,9 +203,7 @@ def sharded_forward(config: ModelConfig, mesh, features: str | None = None) -> C
 def _gather_parameters(params, gathered):
   """fsdp: each parameter whole, gathered over 'data' along the axes it is stored split on
   (gathered: {layer: {name: axes}}), in a scope that names its layer."""
-  if not gathered:
-    return params
-  params = jax.tree.map(lambda x: x, params)  # a copy to fill
+  params = {layer: dict(leaves) for layer, leaves in params.items()}
   for layer, leaves in gathered.items():
     with jax.named_scope(f'parameters_of_{layer}'):
       for name, axes in leaves.items():

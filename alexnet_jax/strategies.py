@@ -6,21 +6,24 @@ logical axis takes the first rule's mesh axis that no other axis of the same arr
 taken, and an axis no rule names is not split. The same mechanism as big_vision's sharding
 rules, MaxText's `logical_axis_rules` and t5x's partitioning.
 
-  towers  (2012) Each tower's parameters on its device of the 'tower' axis. The batch is
-          split over 'data' by the shard_map that runs the net (parallel.py), whose
-          crossings are explicit collectives: no activation rule is needed.
-  data    Every device holds every parameter; the batch is split over 'data' in every
-          layer. The compiler sums the gradients (an all-reduce).
-  fsdp    Data parallelism with each parameter (and its momentum, which takes the
-          parameter's layout) split over 'data' by its output units (fc8 by its inputs:
-          its 1000 classes would limit the device counts, and its bias stays whole). The
-          compiler gathers each layer's parameters before use and reduce-scatters their
-          gradients.
+  towers  (2012) Each tower's parameters on its device of the 'tower' axis.
   hybrid  (2014, "One weird trick") The convolutions data-parallel; fc6, fc7 and fc8 split
-          by units over the same devices, each running its units on the whole batch (the
-          'fc_batch' axis is not split): conv5's maps are gathered over the batch (the
-          paper's first scheme), the FC layers' inputs over units, and only the
-          convolutions' gradients are summed.
+          by units ('units' on 'data': the exchange runs them on the whole batch, gathers
+          conv5's maps over the batch, the FC layers' inputs over units, and sums only the
+          convolutions' gradients), their parameters split with them.
+  data    Every device holds every parameter; the activations are split over 'data' by the
+          batch in every layer ('batch', 'fc_batch'), and XLA's partitioner sums the
+          gradients.
+  fsdp    Data parallelism with each parameter (and its momentum, which takes the
+          parameter's layout) stored split over 'data' by its output units (fc8 by its
+          inputs: its 1000 classes would limit the device counts; its bias stays whole),
+          gathered whole before use (GATHERED).
+
+The batch is split over 'data' in every strategy: the input pipeline's layout, and the
+shard_map's (parallel.sharded_forward) for the strategies whose collectives are explicit
+(EXPLICIT; docs/DESIGN.md says why those and not `data`). The rules give the parameters'
+shardings everywhere (initialization, optimizer state, restore, the compiled step),
+`data`'s activation constraints and the hybrid's split of units.
 
 A rule that names a mesh axis of size 1 splits nothing and is dropped, so every strategy
 on one device is that device running the whole net (and the towers' parameters stay
@@ -66,13 +69,13 @@ def param_specs(boxed_params, config: ModelConfig, mesh):
   """PartitionSpecs of the parameters (boxed with their logical names) under the strategy's
   rules. UserError, before anything is compiled, if a split axis does not divide over its
   devices."""
-  boxed = boxed_params
-  table = rules(config, mesh)
-  specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), table)
-  flat_names = jax.tree.leaves(nn.get_partition_spec(boxed), is_leaf=lambda x: isinstance(x, P))
-  paths = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))[0]
-  for (path, spec), names, leaf in zip(paths, flat_names, jax.tree.leaves(nn.unbox(boxed))):
-    for size, axis, name in zip(leaf.shape, spec, names):
+  names = nn.get_partition_spec(boxed_params)
+  specs = nn.logical_to_mesh(names, rules(config, mesh))
+  is_spec = lambda x: isinstance(x, P)
+  for (path, spec), logical, leaf in zip(
+      jax.tree_util.tree_flatten_with_path(specs, is_leaf=is_spec)[0],
+      jax.tree.leaves(names, is_leaf=is_spec), jax.tree.leaves(nn.unbox(boxed_params))):
+    for size, axis, name in zip(leaf.shape, spec, logical):
       devices = math.prod(mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis or ()))
       if size % devices:
         layer = jax.tree_util.keystr(path[:1], simple=True)
