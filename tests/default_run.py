@@ -32,7 +32,8 @@ STEPS = 3
 
 
 def run(shape) -> dict:
-  """The losses of STEPS steps of TINY (standardized input) on a mesh, digests of its parameters and program."""
+  """The losses of STEPS steps of TINY (standardized input) on a mesh, and digests of its
+  parameters and program."""
   mesh = meshes.mesh(*shape)
   opt_config = config_lib.OptimizerConfig()
   step = train.make_train_step(meshes.TINY, opt_config, mesh, batch_size=meshes.BATCH,
