@@ -39,11 +39,16 @@ LRN_VARIANTS = ('paper', 'caffe')            # constants and reach in model.LRN
 CONV1_PADDINGS = ('cuda-convnet', 'valid')   # see geometry.feature_maps
 POOL_ROUNDINGS = ('floor', 'ceil')           # see geometry.pooled
 INPUT_CONVENTIONS = ('paper', 'caffe')       # see mean_image.normalizer_for
+# How the net is laid over the devices (strategies.py, docs/PARALLELISM.md): the paper's
+# towers (2012), Krizhevsky's 2014 hybrid, data parallelism, fully sharded data parallelism.
+PARALLELISMS = ('towers', 'hybrid', 'data', 'fsdp')
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Everything that decides the network's shape and numerics."""
+  """Everything that decides the network's shape and numerics, and how it is laid over the
+  devices (`parallelism`: every function that places or runs the net reads it from here;
+  checkpoints ignore it, see checkpoints.NET_FIELDS)."""
   towers: int = 2                       # 2: the paper's net; 1: its one-GPU ablation
   num_classes: int = 1000
   image_size: int = 227                 # 224 is padded (0, 3) like cuda-convnet
@@ -62,6 +67,7 @@ class ModelConfig:
   # The input the weights expect: paper: RGB minus the run's mean; caffe: BGR minus Caffe's
   # mean pixel (both on 0..255). Read by the input pipeline, not by the net.
   input_convention: str = 'paper'
+  parallelism: str = 'towers'           # see PARALLELISMS
 
   def validate(self) -> None:
     if self.towers not in (1, 2):
@@ -73,6 +79,7 @@ class ModelConfig:
     _one_of('conv1_padding', self.conv1_padding, CONV1_PADDINGS)
     _one_of('pool_rounding', self.pool_rounding, POOL_ROUNDINGS)
     _one_of('input_convention', self.input_convention, INPUT_CONVENTIONS)
+    _one_of('parallelism', self.parallelism, PARALLELISMS)
     if not 0.0 <= self.dropout_rate < 1.0:
       raise UserError(f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     if not self.width > 0:
@@ -129,12 +136,17 @@ class MeshConfig:
     if self.cpu_devices is not None and self.cpu_devices < 1:
       raise UserError(f'--cpu_devices must be at least 1, got {self.cpu_devices}.')
 
-  def shape(self, num_devices: int, towers: int) -> MeshShape:
-    """--mesh, or one tower per device (as in 2012) when the device count allows."""
+  def shape(self, num_devices: int, towers: int, parallelism: str = 'towers') -> MeshShape:
+    """--mesh, or one tower per device (as in 2012) when the strategy and the device count
+    allow; the other strategies split every device's work over 'data' alone."""
     shape = self.parsed()
     if shape is None:
-      tower = 2 if towers == 2 and num_devices % 2 == 0 else 1
+      tower = 2 if parallelism == 'towers' and towers == 2 and num_devices % 2 == 0 else 1
       shape = MeshShape(num_devices // tower, tower)
+    if parallelism != 'towers' and shape.tower > 1:
+      raise UserError(f'--parallelism={parallelism} runs every tower on every device: it takes '
+                      f'no tower axis; use --mesh=data:{shape.data * shape.tower},tower:1 (or '
+                      'leave --mesh out), or --parallelism=towers.')
     if shape.tower not in (1, 2):
       raise UserError(f'the tower axis must be 1 or 2, got {shape.tower}.')
     if shape.tower > towers:
@@ -442,7 +454,7 @@ class Experiment:
 
   def mesh_shape(self, num_devices: int) -> MeshShape:
     """The mesh on these devices, checked against the model and the batch sizes."""
-    shape = self.mesh.shape(num_devices, self.model.towers)
+    shape = self.mesh.shape(num_devices, self.model.towers, self.model.parallelism)
     self.check_batches(shape)
     return shape
 

@@ -21,7 +21,8 @@ CONFIGS = {
     config.RunConfig: ('mode', 'workdir', 'checkpoint_step', 'image', 'onnx'),
     config.ModelConfig: ('towers', 'num_classes', 'image_size', 'width', 'lrn',
                          'overlapping_pool', 'dropout_rate', 'dtype', 'init', 'crossings',
-                         'lrn_variant', 'conv1_padding', 'pool_rounding', 'input_convention'),
+                         'lrn_variant', 'conv1_padding', 'pool_rounding', 'input_convention',
+                         'parallelism'),
     config.MeshConfig: ('mesh', 'cpu_devices'),
     config.ProcessConfig: ('distributed', 'coordinator_address', 'num_processes', 'process_id',
                            'heartbeat_timeout', 'initialization_timeout',
@@ -68,8 +69,13 @@ HELP = {
     'pool_rounding': "floor: every pooling window inside the map; ceil: Caffe's.",
     'input_convention': "paper: RGB minus the run's mean; caffe: BGR minus Caffe's mean pixel "
                         "(what imported weights expect).",
-    'mesh': 'data:D,tower:T. Default: every device, tower=2 when the model has two towers '
-            'and the device count is even.',
+    'parallelism': "How the net is laid over the devices: towers (the paper's 2012 split, "
+                   'explicit collectives at its crossings), hybrid (2014: convolutions '
+                   'data-parallel, fc6..fc8 split by units), data (every device holds all '
+                   'parameters), fsdp (parameters and momentum split over the devices). See '
+                   'docs/PARALLELISM.md.',
+    'mesh': 'data:D,tower:T. Default: every device, tower=2 when the model has two towers, '
+            'the device count is even and --parallelism=towers.',
     'cpu_devices': 'Split the CPU into this many JAX devices (try meshes on a laptop). Only '
                    'when running on the CPU.',
     'distributed': 'Start jax.distributed? auto: when --num_processes is set or in a SLURM '
@@ -159,7 +165,7 @@ HELP = {
 ENUMS = {'mode': config.MODES, 'dtype': config.DTYPES, 'init': config.INIT_SCHEMES,
          'lrn_variant': config.LRN_VARIANTS, 'conv1_padding': config.CONV1_PADDINGS,
          'pool_rounding': config.POOL_ROUNDINGS, 'input_convention': config.INPUT_CONVENTIONS,
-         'distributed': config.DISTRIBUTED_MODES,
+         'parallelism': config.PARALLELISMS, 'distributed': config.DISTRIBUTED_MODES,
          'coordination_service': config.COORDINATION_SERVICES, 'augment': config.AUGMENTS,
          'mean': config.MEANS, 'store': config.STORES, 'schedule': config.SCHEDULES,
          'benchmark': config.BENCHMARKS}

@@ -7,8 +7,11 @@ crossings: into conv3, fc6, fc7 and fc8), it asks a `TowerExchange` for the
 activations of all towers. Caffe's LRN (`lrn_variant='caffe'`) adds a crossing at
 conv1's and conv2's LRN: it asks for the edge channels of the neighbouring tower.
 `LocalTowers` (every tower on this device) concatenates them; `alexnet_jax.parallel`
-supplies an exchange that calls collectives over the mesh's 'tower' axis. Nothing here
-knows about meshes.
+supplies an exchange that calls collectives over the mesh's 'tower' axis (and, for the 2014
+hybrid, gathers what a fully-connected layer split by units reads). Nothing here
+knows about meshes: parameters and activations carry logical axis names (below), which
+each parallelism strategy maps to mesh axes with its own table of rules
+(`alexnet_jax.strategies`).
 """
 
 from __future__ import annotations
@@ -135,6 +138,33 @@ def layer_specs(config: ModelConfig) -> list[LayerSpec]:
 
 
 # ----------------------------------------------------------------------------------
+# Logical axis names: what each axis of a parameter or an activation is. A strategy's rules
+# (strategies.RULES) say which mesh axis, if any, splits each; the model names no mesh axis.
+
+# Parameters. 'towers' indexes the towers (the leading axis of every tower-local layer).
+CONV_KERNEL = ('towers', 'kernel_height', 'kernel_width', 'conv_in', 'conv_out')
+CONV_BIAS = ('towers', 'conv_out')
+FC_KERNEL = ('towers', 'fc_in', 'fc_out')
+FC_BIAS = ('towers', 'fc_out')
+CLASSIFIER_KERNEL = ('towers', 'fc_in', 'classes')
+CLASSIFIER_BIAS = ('classes',)
+# Activations, pinned where a layer reads or writes them. The fully-connected layers have a
+# batch axis of their own ('fc_batch'), so a strategy can run them on another split of the
+# batch than the convolutions (the 2014 hybrid: the whole batch, split by units).
+IMAGE_MAPS = ('batch', 'height', 'width', 'channels')
+FC_INPUTS = ('fc_batch', 'fc_inputs')
+FC_OUTPUTS = ('fc_batch', 'units')
+PARTIAL_LOGITS = ('fc_batch', 'classes')
+LOGITS = ('batch', 'classes')
+
+
+def place(x: jax.Array, names: tuple[str, ...]) -> jax.Array:
+  """Pins x's layout to `names` under the strategy's rules; a no-op where none are set (one
+  device, or inside the towers' shard_map, whose collectives are explicit)."""
+  return nn.with_logical_constraint(x, names)
+
+
+# ----------------------------------------------------------------------------------
 # Building blocks.
 
 
@@ -182,7 +212,8 @@ def layer_init(config: ModelConfig, name: str):
 
 
 class TowerExchange(Protocol):
-  """How towers present in this call reach the others at a crossing."""
+  """How the parts of the net present in this call reach the others: the towers at a
+  crossing, and (under the 2014 hybrid) the fully-connected layers' units."""
   local_towers: int
 
   def gather(self, parts: Sequence[jax.Array]) -> jax.Array:
@@ -201,10 +232,24 @@ class TowerExchange(Protocol):
     """Each local tower's activations widened by `width` channels on each side: the edge
     channels of the neighbouring towers in the layer, zeros past its first and last."""
 
+  def local_units(self, units: int) -> int:
+    """How many of a fully-connected layer's `units` (per tower) this call computes."""
+
+  def unit_offset(self, local: int) -> jax.Array | int:
+    """The index, among its layer's units, of the first of the `local` this call computes."""
+
+  def whole(self, x: jax.Array) -> jax.Array:
+    """One tower's output as a fully-connected layer reads it: every example that layer
+    runs on, every unit of the tower."""
+
+  def logits(self, x: jax.Array) -> jax.Array:
+    """The classifier's output of this call, split over the examples as the images are."""
+
 
 @dataclasses.dataclass(frozen=True)
 class LocalTowers:
-  """Every tower runs here, one after the other: crossings are concatenations."""
+  """Every tower runs here, one after the other: crossings are concatenations, and each
+  layer computes all of its units for the examples of this call."""
   local_towers: int
 
   def gather(self, parts):
@@ -224,40 +269,61 @@ class LocalTowers:
     channels = parts[0].shape[-1]
     return [layer[..., t * channels:(t + 1) * channels + 2 * width] for t in range(len(parts))]
 
+  def local_units(self, units):
+    return units
 
-def dropout(x: jax.Array, rate: float, key: jax.Array, example_ids: jax.Array) -> jax.Array:
-  """Inverted dropout with one key per example.
+  def unit_offset(self, local):
+    return 0
+
+  def whole(self, x):
+    return x
+
+  def logits(self, x):
+    return x
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array, example_ids: jax.Array,
+            units: int | None = None, offset: jax.Array | int = 0) -> jax.Array:
+  """Inverted dropout of (examples, units) with one key per example.
 
   Keying each example by its global index makes the masks independent of how the batch
-  is split over devices: every mesh shape drops the same units.
+  is split over devices: every mesh shape drops the same units. x may hold `x.shape[1]`
+  of a layer's `units` from `offset` on (units split over devices): each example's mask
+  is drawn for all of them, and x takes its slice.
   """
   keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, example_ids)
-  keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate, x.shape[1:]))(keys)
+  keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate, (units or x.shape[1],)))(keys)
+  if units:
+    keep = lax.dynamic_slice_in_dim(keep, offset, x.shape[1], axis=1)
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 class TowerLayer(nn.Module):
   """A convolution or dense layer with one set of weights per tower.
 
-  Parameters have a leading tower axis (partitioned over the 'tower' mesh axis); the
-  layer applies tower t's weights to inputs[t] with its own convolution per tower.
+  Parameters have a leading tower axis (logical name 'towers'); the layer applies tower
+  t's weights to inputs[t] with its own convolution per tower.
   """
   spec: LayerSpec
   config: ModelConfig
   local_towers: int
+  features: int             # of spec.features, those this call computes (per tower)
 
   @nn.compact
   def __call__(self, inputs: Sequence[jax.Array]) -> list[jax.Array]:
     spec, dtype = self.spec, jnp.dtype(self.config.dtype)
     kernel_init, bias_init = layer_init(self.config, spec.name)
     if spec.is_conv:
-      shape = (spec.kernel, spec.kernel, spec.in_features, spec.features)
+      shape = (spec.kernel, spec.kernel, spec.in_features, self.features)
+      kernel_names, bias_names, output_names = CONV_KERNEL, CONV_BIAS, IMAGE_MAPS
     else:
-      shape = (spec.in_features, spec.features)
-    kernel = self.param('kernel', nn.with_partitioning(kernel_init, ('tower',) + (None,) * len(shape)),
+      shape = (spec.in_features, self.features)
+      kernel_names, bias_names, output_names = FC_KERNEL, FC_BIAS, FC_OUTPUTS
+      inputs = [place(x, FC_INPUTS) for x in inputs]
+    kernel = self.param('kernel', nn.with_logical_partitioning(kernel_init, kernel_names),
                         (self.local_towers,) + shape)
-    bias = self.param('bias', nn.with_partitioning(bias_init, ('tower', None)),
-                      (self.local_towers, spec.features))
+    bias = self.param('bias', nn.with_logical_partitioning(bias_init, bias_names),
+                      (self.local_towers, self.features))
     outputs = []
     for t, x in enumerate(inputs):
       w = kernel[t].astype(dtype)
@@ -266,7 +332,7 @@ class TowerLayer(nn.Module):
                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
       else:
         y = x @ w
-      outputs.append(y + bias[t].astype(dtype))
+      outputs.append(place(y + bias[t].astype(dtype), output_names))
     return outputs
 
 
@@ -278,15 +344,20 @@ class Classifier(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: Sequence[jax.Array]) -> jax.Array:
-    spec, dtype = self.spec, jnp.dtype(self.config.dtype)
+    spec, dtype, exchange = self.spec, jnp.dtype(self.config.dtype), self.exchange
     kernel_init, bias_init = layer_init(self.config, spec.name)
-    kernel = self.param('kernel', nn.with_partitioning(kernel_init, ('tower', None, None)),
-                        (self.exchange.local_towers, spec.in_features, spec.features))
-    bias = self.param('bias', nn.with_partitioning(bias_init, (None,)), (spec.features,))
-    partials = [x @ kernel[t].astype(dtype) for t, x in enumerate(inputs)]
+    classes = exchange.local_units(spec.features)
+    kernel = self.param('kernel', nn.with_logical_partitioning(kernel_init, CLASSIFIER_KERNEL),
+                        (exchange.local_towers, spec.in_features, classes))
+    bias = self.param('bias', nn.with_logical_partitioning(bias_init, CLASSIFIER_BIAS),
+                      (classes,))
+    with jax.named_scope('gather_into_fc8'):
+      inputs = [exchange.whole(x) for x in inputs]
+    partials = [place(place(x, FC_INPUTS) @ kernel[t].astype(dtype), PARTIAL_LOGITS)
+                for t, x in enumerate(inputs)]
     with jax.named_scope('cross_into_fc8'):
-      logits = self.exchange.sum(partials)
-    return logits + bias.astype(dtype)
+      logits = exchange.sum(partials)
+    return place(exchange.logits(logits + bias.astype(dtype)), LOGITS)
 
 
 class AlexNet(nn.Module):
@@ -303,16 +374,20 @@ class AlexNet(nn.Module):
     if train and config.dropout_rate > 0 and dropout_rng is None:
       raise ValueError('training with dropout needs dropout_rng')
     specs = layer_specs(config)
-    x = images.astype(config.dtype)
+    x = place(images.astype(config.dtype), IMAGE_MAPS)
     towers = [x] * exchange.local_towers  # every tower sees the whole image
     for index, spec in enumerate(specs[:-1]):
+      if not spec.is_conv:
+        with jax.named_scope(f'gather_into_{spec.name}'):
+          towers = [exchange.whole(h) for h in towers]
       if spec.crosses:
         with jax.named_scope(f'cross_into_{spec.name}'):
           shared = exchange.gather(towers)
         towers = [shared] * exchange.local_towers
       if not spec.is_conv:
         towers = [h.reshape(h.shape[0], -1) for h in towers]
-      towers = TowerLayer(spec, config, exchange.local_towers, name=spec.name)(towers)
+      features = spec.features if spec.is_conv else exchange.local_units(spec.features)
+      towers = TowerLayer(spec, config, exchange.local_towers, features, name=spec.name)(towers)
       towers = [nn.relu(h) for h in towers]
       if spec.lrn:
         towers = self._normalize(towers, spec, exchange)
@@ -340,13 +415,15 @@ class AlexNet(nn.Module):
     if spec.dropout and train and self.config.dropout_rate > 0:
       key = jax.random.fold_in(jax.random.fold_in(dropout_rng, index),
                                exchange.tower_index(local_tower))
-      h = dropout(h, self.config.dropout_rate, key, exchange.example_ids(h.shape[0]))
+      units = None if h.shape[1] == spec.features else spec.features
+      h = dropout(h, self.config.dropout_rate, key, exchange.example_ids(h.shape[0]), units,
+                  exchange.unit_offset(h.shape[1]))
     return h
 
 
 @functools.partial(jax.jit, static_argnames='config')
 def init_params(config: ModelConfig, rng: jax.Array):
-  """Float32 parameters of all towers, boxed with their partitioning names."""
+  """Float32 parameters of all towers, boxed with their logical axis names."""
   size = config.image_size
   dummy = jnp.zeros((1, size, size, 3), jnp.float32)
   return AlexNet(config).init(rng, dummy)['params']

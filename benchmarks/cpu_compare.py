@@ -11,6 +11,8 @@ its spread, its ratio to the first variant, and the CPU-seconds per image of its
 
   python benchmarks/cpu_compare.py --image_size=99 --batch_size=64 --variants=jax,torch --quiet=0.1
   python benchmarks/cpu_compare.py --variants=jax,jax_two_devices --profile_steps=2
+  python benchmarks/cpu_compare.py --image_size=67 --width=0.5 --batch_size=64 \
+      --variants=strategy_towers,strategy_hybrid,strategy_data,strategy_fsdp --quiet=0.1
 
 Variants (VARIANTS below): `torch` is benchmarks/pytorch_alexnet.py; every `jax*` one is
 the training step of `--mode=benchmark` (alexnet_jax.tools.benchmark.StepTimer) with XLA
@@ -39,6 +41,7 @@ class Variant:
   xla_flags: str = ''               # added to XLA_FLAGS
   mesh: tuple[int, int] = (1, 1)    # (data, tower) over that many forced CPU devices
   squares: bool = False             # R x R squares in, cropped and flipped in the step
+  parallelism: str = 'towers'       # --parallelism (docs/PARALLELISM.md)
 
 
 VARIANTS = {
@@ -49,6 +52,11 @@ VARIANTS = {
     # Input: the store's squares, the crops and flips inside the step (device_augment.py).
     'jax_device_augment': Variant(squares=True),
     'jax_two_devices_data': Variant(mesh=(2, 1)),
+    # The four --parallelism strategies on two CPU devices (strategy_towers is jax_two_devices).
+    'strategy_towers': Variant(mesh=(1, 2)),
+    'strategy_hybrid': Variant(mesh=(2, 1), parallelism='hybrid'),
+    'strategy_data': Variant(mesh=(2, 1), parallelism='data'),
+    'strategy_fsdp': Variant(mesh=(2, 1), parallelism='fsdp'),
     # XLA CPU flags.
     'jax_onednn': Variant(xla_flags='--xla_cpu_use_onednn=true'),
     'jax_no_xnnpack': Variant(xla_flags='--xla_cpu_use_xnnpack=false'),
@@ -77,8 +85,8 @@ def _worker(name: str, args) -> None:
     devices = variant.mesh[0] * variant.mesh[1]
     jax.config.update('jax_num_cpu_devices', devices)
     mesh = parallel.make_mesh(config_lib.MeshShape(*variant.mesh), jax.devices()[:devices])
-    bench = benchmark.StepTimer(_config(args), config_lib.OptimizerConfig(), mesh,
-                                args.batch_size, squares=variant.squares)
+    bench = benchmark.StepTimer(_config(args, variant.parallelism), config_lib.OptimizerConfig(),
+                                mesh, args.batch_size, squares=variant.squares)
     compile_seconds, version = bench.compile_seconds, f'jax {jax.__version__}'
   bench.time(args.warmup)
   print(f'ready {compile_seconds:.1f} {version}', flush=True)
@@ -95,10 +103,11 @@ def _worker(name: str, args) -> None:
       print(f'{wall:.6f} {time.process_time() - cpu:.6f}', flush=True)
 
 
-def _config(args):
+def _config(args, parallelism='towers'):
   from alexnet_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   config = config_lib.ModelConfig(towers=args.towers, num_classes=args.num_classes,
-                                  image_size=args.image_size, width=args.width)
+                                  image_size=args.image_size, width=args.width,
+                                  parallelism=parallelism)
   config.validate()
   return config
 
@@ -203,7 +212,8 @@ def main() -> None:
   for name in names:
     print(f'  {name:<28} {medians[name]:8.1f} img/s  (windows {min(rates[name]):.1f}..'
           f'{max(rates[name]):.1f})  x{medians[name] / medians[base]:.2f} vs {base};  '
-          f'{1000 * cpu_per_image[name]:.1f} CPU-ms/image'
+          f'{1000 * cpu_per_image[name]:.1f} CPU-ms/image ({1 / cpu_per_image[name]:,.0f} '
+          'images per CPU-second)'
           + (f'; other jobs used {statistics.median(others[name]):.0%} of the CPUs (median '
              'window)' if others[name] else ''))
   if profiles:

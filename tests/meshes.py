@@ -40,7 +40,7 @@ def batch(config=TINY, seed=1, scale=1.0):
 
 def place(mesh_, config, params, images, labels):
   """Puts host arrays onto the mesh with the shardings the forward expects."""
-  shardings = parallel.param_shardings(parallel.abstract_params(config), mesh_)
+  shardings = parallel.param_shardings(config, mesh_)
   params = jax.device_put(params, shardings)
   data = parallel.batch_sharding(mesh_)
   return params, jax.device_put(images, data), jax.device_put(labels, data)

@@ -85,6 +85,15 @@ CASES = {
     'unknown_flag': (lambda d, t, _: ['--mode=train', '--epochs=3'],
                      "Unknown command line flag 'epochs'"),
     'invalid_flag_value': (lambda d, t, _: _train(d, t, towers=3), 'towers must be 1 or 2'),
+    'fsdp_channels_do_not_divide': (
+        lambda d, t, _: _train(d, t, parallelism='fsdp', cpu_devices=4),
+        "--parallelism=fsdp splits conv1's 6 output channels per tower over 4 devices"),
+    'hybrid_with_a_tower_axis': (
+        lambda d, t, _: _train(d, t, parallelism='hybrid', cpu_devices=2, mesh='data:1,tower:2'),
+        '--parallelism=hybrid runs every tower on every device: it takes no tower axis'),
+    'batch_does_not_divide_over_the_devices': (
+        lambda d, t, _: _train(d, t, parallelism='data', cpu_devices=4, batch_size=6),
+        '--batch_size=6 must be a positive multiple of the data axis (4)'),
 }
 
 

@@ -85,10 +85,11 @@ def test_the_checkpoint_digest_benchmark_runs():
 
 @pytest.mark.slow
 def test_the_cpu_comparison_runs_its_jax_variants_side_by_side():
-  result = _run('cpu_compare.py', '--variants=jax,jax_two_devices', *TINY, '--batch_size=4',
-                '--warmup=1', '--steps=1', '--rounds=1')
+  result = _run('cpu_compare.py', '--variants=jax,jax_two_devices,strategy_fsdp', *TINY,
+                '--batch_size=4', '--warmup=1', '--steps=1', '--rounds=1')
   assert result.returncode == 0, result.stderr
   assert 'jax_two_devices' in result.stdout and 'x1.00 vs jax' in result.stdout
+  assert 'strategy_fsdp' in result.stdout and 'images per CPU-second' in result.stdout
 
 
 @pytest.mark.slow

@@ -136,6 +136,19 @@ def test_replica_group_formats_of_every_supported_jax():
   assert (with_ids[0].axis, with_ids[0].group_size) == ('tower', 2)
 
 
+def test_a_mesh_the_partitioner_names_itself_is_read_as_device_ids_laid_out_on_it():
+  # jit programs (--parallelism=data) on jax 0.10: axes axis_0, axis_1, ... of XLA's own.
+  mesh = meshes.mesh(2, 2)  # device (d, t) has id 2 d + t
+  own = _read("mesh['axis_0'=2,'axis_1'=2] {'axis_0'}", mesh)[0]
+  assert (own.axis, own.group_size) == ('data', 2)
+  assert _read("mesh['axis_0'=2,'axis_1'=2] {'axis_1'}", mesh)[0].axis == 'tower'
+  both = _read("mesh['axis_0'=4,'axis_1'=1,'axis_2'=1] {'axis_0'}", mesh)[0]
+  assert (both.axis, both.group_size) == ('data+tower', 4)
+  swapped = _read("mesh['axis_0'=2,'axis_1'=2], device_ids=([2,2]<=[2,2]T(1,0)) {'axis_1'}",
+                  mesh)[0]
+  assert swapped.axis == 'data'
+
+
 def test_named_sub_axis_counts_its_own_size():
   mesh = meshes.mesh(4, 1)
   sub = _read("mesh['data'=4,'tower'=1] {'data':(1)2}", mesh)[0]

@@ -24,8 +24,7 @@ def test_top5_counts_a_label_among_the_five_most_probable_and_masked_examples_no
 
 def test_evaluation_runs_the_net_in_inference_mode_without_dropout():
   config, mesh = meshes.TINY, meshes.mesh(1, 1)
-  params = jax.device_put(meshes.host_params(), parallel.param_shardings(
-      parallel.abstract_params(config), mesh))
+  params = jax.device_put(meshes.host_params(), parallel.param_shardings(config, mesh))
   images = np.random.default_rng(0).integers(0, 256, (4, 1, 67, 67, 3), np.uint8)
   normalizer = preprocess.Normalizer(preprocess.CHANNEL_MEAN)
   forward = parallel.sharded_forward(config, mesh)

@@ -351,7 +351,8 @@ def report(result: BenchmarkResult) -> str:
   host = result.host
   lines = [
       f'device: {result.devices} x {result.device} ({result.platform}), mesh {result.mesh}, '
-      f'{result.dtype}, global batch {result.batch_size} of {result.input}',
+      f"--parallelism={result.model['parallelism']}, {result.dtype}, global batch "
+      f'{result.batch_size} of {result.input}',
       f"host: {host['cpu']}, {host['cores']} cores, load average {host['load_average_before']} "
       f"before, {host['load_average_after']} after",
       f'images/s: {result.images_per_second:,.1f} (median of '

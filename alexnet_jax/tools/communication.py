@@ -5,8 +5,13 @@ debug_info=True)`) and on the compiled HLO (`compiled.as_text()`), where XLA may
 merged several collectives into one tuple-shaped op. Each op is attributed to a mesh
 axis by its replica groups, in every form the supported JAX versions print (explicit
 lists `{{0,1},{2,3}}`, iota `[2,2]<=[4]`, and from jax 0.12 the named mesh
-`mesh['data'=2,'tower'=2] {'tower'}`), and to a layer by the name scope in its metadata
-(`cross_into_<layer>` for the tower crossings, the Flax module name otherwise).
+`mesh['data'=2,'tower'=2] {'tower'}`; the partitioner of jit programs may name a mesh of
+its own, `mesh['axis_0'=4,'axis_1'=1] {'axis_0'}`, read as device ids laid out on it), and
+to a layer by the name scope in its metadata (`cross_into_<layer>` for the tower crossings,
+`gather_into_<layer>` for the hybrid's gathers of what a fully-connected layer reads,
+`parameters_of_<layer>` for fsdp's gathers of parameters, the Flax module name otherwise).
+An op is backward when it comes from the gradient (`transpose(` in its name) or is a
+reduce-scatter.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ _NAMED_GROUPS = re.compile(
     r"replica_groups=mesh\[(?P<mesh>[^\]]*)\](?:, device_ids=\((?:[^()]|\([^()]*\))*\))? \{(?P<axes>[^}]*)\}")
 _NAMED_AXIS = re.compile(r"'?(?P<name>[^',=:\s]+)'?(?:=(?P<size>\d+)|:\((?P<pre>\d+)\)(?P<sub>\d+))?")
 _OP_NAME = re.compile(r'op_name="(?P<name>[^"]*)"')
-_CROSSING = re.compile(r'cross_into_(?P<layer>\w+?)(?:/|$)')
+_CROSSING = re.compile(r'(?:cross|gather)_into_(?P<layer>\w+?)(?:/|$)')
+_OWN_AXIS = re.compile(r'axis_\d+')  # the axes of a mesh XLA's partitioner names itself
+_PARAMETERS = re.compile(r'parameters_of_(?P<layer>\w+?)(?:/|$)')
 _MODULE = re.compile(r'AlexNet/(?P<layer>\w+?)(?:/|$)')
 
 _BYTES = {'pred': 1, 'bf16': 2}
@@ -103,10 +110,34 @@ def _named_axes(match: re.Match, mesh) -> tuple[set[str], int] | None:
   axes, group_size = set(), 1
   for axis in _NAMED_AXIS.finditer(match['axes']):
     if axis['name'] not in mesh.axis_names or axis['name'] not in sizes:
-      return None
+      return _own_mesh_axes(match, mesh) if all(map(_OWN_AXIS.fullmatch, sizes)) else None
     axes.add(axis['name'])
     group_size *= int(axis['sub']) if axis['sub'] else sizes[axis['name']]
   return axes, group_size
+
+
+def _own_mesh_axes(match: re.Match, mesh) -> tuple[set[str], int] | None:
+  """(axes, group size) of a mesh of the partitioner's own (axes axis_0, axis_1, ...):
+  device ids 0..n-1 (or its device_ids) laid out on it, a group for each position of the
+  axes it does not name. None for sub-axes or device ids in another form."""
+  sizes = {axis['name']: int(axis['size'])
+           for axis in _NAMED_AXIS.finditer(match['mesh']) if axis['size']}
+  named = [axis for axis in _NAMED_AXIS.finditer(match['axes'])]
+  if any(axis['sub'] or axis['name'] not in sizes for axis in named):
+    return None
+  ids = np.arange(math.prod(sizes.values()))
+  listed = re.search(r'device_ids=\((?P<ids>(?:[^()]|\([^()]*\))*)\)', match[0])
+  if listed:
+    groups = _listed_groups(f'replica_groups={listed["ids"]}', ids.size)
+    if groups is None:
+      return None
+    ids = np.array(groups).reshape(-1)
+  order = list(sizes)
+  inside = [order.index(axis['name']) for axis in named]
+  outside = [a for a in range(len(order)) if a not in inside]
+  ids = ids.reshape(list(sizes.values())).transpose(outside + inside)
+  group_size = math.prod(sizes[axis['name']] for axis in named)
+  return _varying_axes(ids.reshape(-1, group_size).tolist(), mesh)
 
 
 def group_axes(line: str, mesh) -> tuple[str, int]:
@@ -142,15 +173,15 @@ def collectives(hlo_text: str, mesh) -> list[Collective]:
       continue  # a group of one device exchanges nothing (e.g. a data axis of size 1)
     name_match = _OP_NAME.search(line)
     op_name = name_match['name'] if name_match else ''
-    crossing = _CROSSING.search(op_name)
+    scope = _CROSSING.search(op_name) or _PARAMETERS.search(op_name)
     module = _MODULE.search(op_name)
-    if crossing:
-      layer = crossing['layer']
-    elif match['shape'].startswith('('):
+    if scope:
+      layer = scope['layer']
+    elif ':' in op_name:
       layer = 'several'  # XLA merged the reductions of several layers into one op
     else:
       layer = module['layer'] if module else '?'
-    backward = 'transpose(' in op_name or match['kind'] == 'reduce-scatter' or not crossing
+    backward = 'transpose(' in op_name or match['kind'] == 'reduce-scatter'
     found.append(Collective(
         kind=match['kind'],
         axis=axis,

@@ -103,8 +103,9 @@ def run(config: ModelConfig, mesh, global_batch: int, lower_step) -> str:
            f'{config.image_size}x{config.image_size} input, width x{config.width}', '',
            format_layer_table(config), '']
   ops, local_batch = step_collectives(config, mesh, global_batch, lower_step)
-  lines += [f'Communication of the compiled training step on mesh {dict(mesh.shape)} '
-            f'({jax.devices()[0].platform}, global batch {global_batch}):',
+  lines += [f'Communication of the compiled training step, --parallelism={config.parallelism}, '
+            f'on mesh {dict(mesh.shape)} ({jax.devices()[0].platform}, global batch '
+            f'{global_batch}):',
             communication_report(ops, mesh, local_batch), '']
   rows = layer_rows(config)
   lines.append(f"Total multiply-adds: {sum(r['macs'] for r in rows):,}")

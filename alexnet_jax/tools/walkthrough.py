@@ -3,7 +3,8 @@
 A learner's walk through the net, layer by layer, generated from the code that runs: the
 shapes and counts from `model.layer_specs` and `summary.layer_rows`, the LRN constants
 from `model`, the bytes at each crossing from the compiled training step (as
---mode=summary reads them). Every number in the text is computed here; the prose only
+--mode=summary reads them), the four parallelism strategies' costs from their compiled
+steps (tools/parallelism.py). Every number in the text is computed here; the prose only
 names what the numbers are.
 """
 
@@ -25,6 +26,8 @@ from alexnet_jax import parallel
 from alexnet_jax import preprocess
 from alexnet_jax import train
 from alexnet_jax.tools import crossing_traffic
+from alexnet_jax.tools import parallelism
+from alexnet_jax.tools import strategy_costs
 from alexnet_jax.tools import summary
 from alexnet_jax.tools import tower_figure
 
@@ -33,6 +36,10 @@ COMMAND = 'python -m alexnet_jax.tools.walkthrough'
 # batch (test_walkthrough holds them against the shapes); a small batch compiles fastest.
 COMPILE_BATCH = 2
 PAPER_SIZE = 224    # the input side the paper's text gives
+# The strategies side by side: the paper's two GPUs and its batch.
+STRATEGY_DEVICES = 2
+PAPER_BATCH = 128
+FLOAT_BYTES = 4      # gradients stay float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,6 +446,77 @@ def _caffe() -> list[str]:
       'so. Caffe trained with crops and mirrors only: **no PCA lighting**.', '']
 
 
+_HOLDS = {
+    'towers': 'one tower\'s parameters (fc8\'s biases: all); the whole batch',
+    'hybrid': 'all convolution parameters and 1/N of the units of fc6, fc7, fc8; 1/N of the '
+              'batch in the convolutions, all of it in fc6..fc8',
+    'data': 'every parameter; 1/N of the batch',
+    'fsdp': '1/N of every parameter (gathered whole, layer by layer, for use); 1/N of the batch',
+}
+
+
+def _strategies(config, compared, batch: int) -> list[str]:
+  """The four strategies on the paper's two devices, and the arithmetic of the 2014 split."""
+  rows = summary.layer_rows(config)
+  counts = strategy_costs.parameter_counts(config)
+  conv_macs = sum(r['macs'] for r in rows if r['layer'].startswith('conv'))
+  macs = sum(r['macs'] for r in rows)
+  specs = {spec.name: spec for spec in model_lib.layer_specs(config)}
+  conv5 = specs['conv5']
+  towers, size = config.towers, jnp.dtype(config.dtype).itemsize
+  fc_reads = [towers * conv5.out_size ** 2 * conv5.features, towers * specs['fc6'].features,
+              towers * specs['fc7'].features]
+  fc_read_text, fc_read = ' + '.join(_n(v) for v in fc_reads), sum(fc_reads)
+  break_even = FLOAT_BYTES * counts['fc'] / (size * fc_read)
+  table = [f'| {got.parallelism} | {_HOLDS[got.parallelism]} | {got.sent_bytes / 1e6:,.1f} | '
+           f'{got.state_bytes / 1e6:,.1f} | {got.flops / 1e9:,.1f} |' for got, _ in compared]
+  by_name = {got.parallelism: got for got, _ in compared}
+  return [
+      '## Four ways to spread the net over devices', '',
+      f'The same training step on {STRATEGY_DEVICES} devices (the paper\'s two GPUs), '
+      f'{batch} images per step (the paper\'s batch), {config.dtype}, under each '
+      '`--parallelism`. Counted in the step XLA compiles for each (`python -m '
+      'alexnet_jax.tools.parallelism` prints the same for 2, 4 and 8 devices; '
+      '[PARALLELISM.md](PARALLELISM.md) gives the formulas, which a test holds to these '
+      'counts):', '',
+      '| strategy | each device holds | MB each device sends per step | MB of parameters + '
+      'momentum per device | GFLOP per device per step |', '| --- | --- | ---: | ---: | ---: |',
+      *table, '',
+      'Every strategy splits the arithmetic evenly; they differ in what they send and what '
+      'each device must hold. **towers** (2012) sends activations at the crossings and, with '
+      'more devices, the gradients of a tower between copies. **data** sends every gradient, '
+      'every step. **fsdp** sends exactly as much (each parameter gathered before use, each '
+      'gradient reduce-scattered after: the two halves of an all-reduce) to hold 1/N of the '
+      'parameters and momentum. **hybrid** (2014) sends the convolutions\' gradients and the '
+      'fully-connected layers\' activations.', '',
+      '### Why the 2014 paper split the net where it did', '',
+      f'Krizhevsky\'s "One weird trick for parallelizing convolutional neural networks" (2014) '
+      'starts from two numbers of this table:', '',
+      f'- The convolutions hold {_n(counts["conv"])} of the {_n(counts["all"])} parameters '
+      f'({counts["conv"] / counts["all"]:.1%}) and do {_n(conv_macs)} of the {_n(macs)} '
+      f'multiply-adds per image ({conv_macs / macs:.1%}).',
+      f'- fc6, fc7 and fc8 hold the other {_n(counts["fc"])} parameters '
+      f'({counts["fc"] / counts["all"]:.1%}) for {(macs - conv_macs) / macs:.1%} of the work.',
+      '',
+      'Data parallelism sends every parameter\'s gradient each step: cheap for the '
+      'convolutions (few parameters, much work on each), costly for the fully-connected '
+      'layers (most of the bytes, little of the work). Model parallelism sends activations '
+      'instead: a fully-connected layer split by units must see, for every image, what it '
+      f'reads: conv5\'s maps, fc6\'s and fc7\'s outputs, {fc_read_text} = {_n(fc_read)} '
+      'values per image. So the hybrid runs the convolutions data-parallel and the '
+      f'fully-connected layers model-parallel: on {STRATEGY_DEVICES} devices it sends '
+      f'{by_name["hybrid"].sent_bytes / 1e6:,.1f} MB per step where data parallelism sends '
+      f'{by_name["data"].sent_bytes / 1e6:,.1f} MB.', '',
+      'The activations grow with the batch, the gradients do not. With B images per step the '
+      f'fully-connected part sends {_n(fc_read)} · {size} · B bytes of activations (times '
+      f'(N - 1) / N, twice: forward and backward) against {_n(counts["fc"])} · 4 bytes of '
+      f'gradients (times (N - 1) / N, twice: an all-reduce): the split pays while B < '
+      f'{_n(counts["fc"])} · 4 / ({_n(fc_read)} · {size}) = {break_even:,.0f} images per step '
+      f'({config.dtype} activations). With the 2014 paper\'s 128 images per device that is '
+      f'up to {break_even / 128:.0f} devices; beyond, data parallelism sends less. '
+      '`docs/parallelism.png` draws it, with a model of the time it takes.', '']
+
+
 def _totals(config) -> list[str]:
   rows = summary.layer_rows(config)
   params = ' + '.join(_n(r['params']) for r in rows)
@@ -452,8 +530,9 @@ def _totals(config) -> list[str]:
       f'- Multiply-adds per image, forward: {macs} = {_n(sum(r["macs"] for r in rows))}.', '']
 
 
-def render(options: Options, config, traffic, mesh, figure_link: str) -> str:
-  """The walkthrough's Markdown."""
+def render(options: Options, config, traffic, mesh, figure_link: str, compared) -> str:
+  """The walkthrough's Markdown. compared: (counted, formula) costs of each strategy on
+  STRATEGY_DEVICES devices and PAPER_BATCH images (parallelism.counted)."""
   specs = model_lib.layer_specs(config)
   lines = (_header(options, config, figure_link) + _glance(config) + _formula(config)
            + _input_size(config) + ['## The layers', '',
@@ -462,7 +541,8 @@ def render(options: Options, config, traffic, mesh, figure_link: str) -> str:
                                        input_sides(config)):
     lines += _layer(spec, previous, row, side, config, traffic)
   lines += (_pooling(config) + _lrn(config) + _crossings(config, traffic, mesh)
-            + _ablation(config) + _caffe() + _totals(config))
+            + _ablation(config) + _strategies(config, compared, PAPER_BATCH) + _caffe()
+            + _totals(config))
   return '\n'.join(lines).rstrip() + '\n'
 
 
@@ -486,23 +566,27 @@ def parse(argv) -> Options:
 def main(argv=None) -> None:
   options = parse(argv)
   out_dir = os.path.dirname(os.path.abspath(options.out))
+  # Forced CPU devices, on any machine: a mesh of one tower per device, as in 2012.
+  jax.config.update('jax_platforms', 'cpu')
+  jax.config.update('jax_num_cpu_devices', STRATEGY_DEVICES)
   try:
     config = options.model_config()
+    for strategy in config_lib.PARALLELISMS:
+      strategy_costs.check_divides(dataclasses.replace(config, parallelism=strategy),
+                                   STRATEGY_DEVICES, PAPER_BATCH)
     for folder in (out_dir, os.path.dirname(os.path.abspath(options.figure))):
       os.makedirs(folder, exist_ok=True)   # before the compile: a bad path fails at once
   except (config_lib.UserError, OSError) as error:
     print(f'{COMMAND}: error: {error}', file=sys.stderr)
     sys.exit(2)
-  # A mesh of one tower per CPU device, as in 2012, on any machine.
-  jax.config.update('jax_platforms', 'cpu')
-  jax.config.update('jax_num_cpu_devices', config.towers)
   mesh = parallel.make_mesh(config_lib.MeshShape(1, config.towers), jax.devices()[:config.towers])
   traffic = crossing_traffic.compiled_traffic(config, mesh, COMPILE_BATCH, train.lower_train_step)
   forward = {layer: e.bytes_per_image for (layer, direction), e in traffic.crossings.items()
              if direction == 'forward'}
   tower_figure.draw(config, forward, options.figure)
   link = os.path.relpath(os.path.abspath(options.figure), out_dir)
-  text = render(options, config, traffic, mesh, link)
+  compared = parallelism.counted(config, STRATEGY_DEVICES, PAPER_BATCH)
+  text = render(options, config, traffic, mesh, link, compared)
   with open(options.out, 'w', encoding='utf-8') as f:
     f.write(text)
   print(f'Wrote {options.out} and {options.figure}')
