@@ -3,7 +3,6 @@ the default as it was, and bad combinations refused before anything compiles."""
 
 import dataclasses
 import functools
-import hashlib
 import json
 
 import jax

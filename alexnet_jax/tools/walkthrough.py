@@ -490,7 +490,7 @@ def _strategies(config, compared, batch: int) -> list[str]:
       'parameters and momentum. **hybrid** (2014) sends the convolutions\' gradients and the '
       'fully-connected layers\' activations.', '',
       '### Why the 2014 paper split the net where it did', '',
-      f'Krizhevsky\'s "One weird trick for parallelizing convolutional neural networks" (2014) '
+      'Krizhevsky\'s "One weird trick for parallelizing convolutional neural networks" (2014) '
       'starts from two numbers of this table:', '',
       f'- The convolutions hold {_n(counts["conv"])} of the {_n(counts["all"])} parameters '
       f'({counts["conv"] / counts["all"]:.1%}) and do {_n(conv_macs)} of the {_n(macs)} '
