@@ -3,7 +3,9 @@
 import dataclasses
 import glob
 import json
+import math
 import os
+import re
 import types
 
 import jax
@@ -109,6 +111,21 @@ def test_two_training_steps_are_the_papers_sgd_on_the_reference_net():
   jax.tree.map(lambda got, expected: np.testing.assert_allclose(
       got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max()),
                moved(jax.device_get(state.params)), moved(want))
+
+
+def test_the_training_step_holds_no_constant_larger_than_a_batch():
+  """XLA evaluates at compile time what depends on no input ("Constant folding an
+  instruction is taking > 1s" when slow), starting from the program's constants. The
+  step's are the colour statistics, the PCA matrix and threefry's rotations (one value
+  broadcast costs nothing to fold); a parameter, a digest's weights or an index table
+  captured as a constant would show here."""
+  batch = 2 * meshes.BATCH
+  text = train.lower_train_step(meshes.TINY, meshes.mesh(1, 2), batch).as_text()
+  constants = re.findall(r'stablehlo.constant dense<([^>]*)> : tensor<([^>]*)>', text)
+  arrays = [dims for value, dims in constants if value[0] in '"[']  # not one value broadcast
+  assert arrays, 'no constant array found: the pattern no longer matches the program text'
+  large = [dims for dims in arrays if math.prod(map(int, dims.split('x')[:-1])) > batch]
+  assert not large, large
 
 
 @pytest.mark.slow
