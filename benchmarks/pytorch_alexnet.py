@@ -146,7 +146,8 @@ def check_same_net() -> None:
   assert net(torch.zeros(1, 3, 227, 227)).shape == (1, 1000)
   # LRN within each tower's 48 channels, in the paper's convention.
   activations = np.maximum(30 * np.random.default_rng(0).normal(size=(2, 96, 5, 5)), 0)
-  got = TowerLRN(2)(torch.tensor(activations, dtype=torch.float32)).numpy()
+  activations = activations.astype(np.float32)
+  got = TowerLRN(2)(torch.tensor(activations)).numpy()
   towers = np.split(activations.transpose(0, 2, 3, 1), 2, axis=-1)
   want = np.concatenate([model_lib.local_response_norm(t) for t in towers], axis=-1)
   np.testing.assert_allclose(got, want.transpose(0, 3, 1, 2), rtol=1e-5)

@@ -77,28 +77,34 @@ def _run(script, *args):
 
 
 @pytest.mark.slow
+@pytest.mark.stderr
 def test_the_checkpoint_digest_benchmark_runs():
   result = _run('checkpoint_digest.py', *TINY, '--repeats=1')
   assert result.returncode == 0, result.stderr
+  assert not cli.problems(result.stderr), result.stderr
   assert 'digests' in result.stdout and 'save, to commit' in result.stdout
 
 
 @pytest.mark.slow
+@pytest.mark.stderr
 def test_the_cpu_comparison_runs_its_jax_variants_side_by_side():
   result = _run('cpu_compare.py', '--variants=jax,jax_two_devices,strategy_fsdp', *TINY,
                 '--batch_size=4', '--warmup=1', '--steps=1', '--rounds=1')
   assert result.returncode == 0, result.stderr
   assert 'jax_two_devices' in result.stdout and 'x1.00 vs jax' in result.stdout
   assert 'strategy_fsdp' in result.stdout and 'images per CPU-second' in result.stdout
+  assert not cli.problems(result.stderr), result.stderr
 
 
 @pytest.mark.slow
-def test_the_cpu_comparison_runs_against_pytorch():
+@pytest.mark.stderr
+def test_the_cpu_comparison_runs_against_pytorch_and_prints_only_its_table():
   pytest.importorskip('torch', reason='the PyTorch comparison needs torch (CI installs it)')
   result = _run('cpu_compare.py', '--variants=jax,torch', *TINY, '--batch_size=4',
                 '--warmup=1', '--steps=1', '--rounds=1')
   assert result.returncode == 0, result.stderr
   assert ' torch ' in result.stdout and 'CPU-ms/image' in result.stdout
+  assert not cli.problems(result.stderr), result.stderr  # e.g. a float64 warning from a check
   alone = _run('pytorch_alexnet.py', *TINY, '--batch_size=4', '--warmup=1', '--steps=1',
                '--repeats=1')
   assert alone.returncode == 0, alone.stderr
