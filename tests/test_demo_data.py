@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 
 from alexnet_jax.data import demo_data
+from alexnet_jax.data import square_store
 from tests import cli
 
 
@@ -115,5 +116,5 @@ def test_prepare_mode_writes_the_demo_tars_then_prepares_them(tmp_path):
   assert result.returncode == 0, result.stderr
   assert sorted(os.listdir(tmp_path / 'manual')) == sorted([demo_data.TRAIN_TAR,
                                                              demo_data.VAL_TAR])
-  assert result.stdout.startswith(f'Prepared {tmp_path}/tfds/alexnet_squares/'
-                                  'imagenet2012_77px_jpeg_q90/1.0.0: jpeg store of imagenet2012')
+  assert result.stdout.startswith(f'Prepared {tmp_path}/tfds/alexnet_squares/imagenet2012_77px'
+                                  f'_jpeg_q90/{square_store.VERSION}: jpeg store of imagenet2012')

@@ -224,7 +224,7 @@ def test_a_store_that_is_not_the_runs_names_the_command_that_prepares_it(own_sto
   # Half-written: what a killed preparation leaves (TFDS's temporary folder) is no store...
   raw = dataclasses.replace(cfg, store='raw')
   shutil.copytree(square_store.store_dir(cfg), os.path.join(
-      os.path.dirname(square_store.store_dir(raw)), 'incomplete.KILLED_1.0.0'))
+      os.path.dirname(square_store.store_dir(raw)), f'incomplete.KILLED_{square_store.VERSION}'))
   assert 'an unfinished preparation was found there' in _refused(raw)
   # ... and a store's folder without TFDS's dataset_info.json is a damaged store.
   copied = dataclasses.replace(cfg, store_quality=80)
@@ -388,10 +388,35 @@ def test_a_damaged_record_is_found_by_preparing_again(demo, tmp_path):
     next(batches)
 
 
+def test_a_store_of_an_earlier_format_is_named_and_a_new_one_prepared_beside_it(demo, tmp_path):
+  """A store written before the index located each record's CRC (1.0.0) is not read: the
+  run says where it is, and preparing writes the current format next to it."""
+  cfg = _store_copy(demo, tmp_path, store='raw')
+  current = square_store.store_dir(cfg)
+  older = os.path.join(os.path.dirname(current), '1.0.0')
+  os.rename(current, older)
+  message = _refused(cfg)
+  assert f'{older} holds it in an earlier format, which is not read' in message
+  dataset.prepare(cfg)
+  versions = [name for name in os.listdir(os.path.dirname(current)) if not name.startswith('.')]
+  assert sorted(versions) == ['1.0.0', square_store.VERSION]
+  next(ip.host_batches(cfg, 4))
+
+
+@pytest.mark.stderr
+def test_preparing_a_store_into_a_log_draws_no_progress_bars(demo, tmp_path, capfd):
+  """Only the store is prepared here (its source is): the bars are off for that builder too."""
+  tfds.enable_progress_bar()  # as at the start of a run; any earlier preparation turned them off
+  cfg = config_lib.DataConfig(data_dir=_copy_source(demo, str(tmp_path)), image_size=S,
+                              store='raw')
+  dataset.prepare(cfg)
+  assert 'examples' not in capfd.readouterr().err  # "Generating train examples...: 0 examples"
+
+
 def test_what_a_stopped_preparation_left_is_removed_by_the_next(demo, tmp_path):
   data_dir = _copy_source(demo, str(tmp_path))
   cfg = config_lib.DataConfig(data_dir=data_dir, image_size=S, store='raw')
   parent = os.path.dirname(square_store.store_dir(cfg))
-  os.makedirs(os.path.join(parent, 'incomplete.KILLED_1.0.0', 'half'))
+  os.makedirs(os.path.join(parent, f'incomplete.KILLED_{square_store.VERSION}', 'half'))
   dataset.prepare(cfg)
   assert sorted(n for n in os.listdir(parent) if not n.startswith('.')) == [square_store.VERSION]

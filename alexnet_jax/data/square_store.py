@@ -5,7 +5,7 @@ cropped out the central 256x256 patch" (section 2). `prepare` does that once for
 split of the prepared source dataset (imagenet2012, or any TFDS image dataset), with
 R = resize_size(image_size), and writes the squares as a TFDS dataset beside it:
 
-  DATA_DIR/alexnet_squares/<source>_<R>px_<jpeg_q90 | raw>/1.0.0/
+  DATA_DIR/alexnet_squares/<source>_<R>px_<jpeg_q90 | raw>/<VERSION>/
       *.tfrecord-*               'image' (R x R x 3: a JPEG at the quality, or the raw
                                  uint8 bytes), 'label' and 'file_name' of the source
       mean_image_<split>.npy     the split's per-pixel mean image (R x R x 3, float32):
@@ -48,7 +48,9 @@ from alexnet_jax.data import tfds_data
 from alexnet_jax.data.tensorflow_setup import tf, tfds
 
 NAME = 'alexnet_squares'
-VERSION = '1.0.0'
+# The store's format. 1.1.0: the index also locates each serialized example, whose CRC the
+# reader checks; a 1.0.0 store (written before) is not read, and named where it is found.
+VERSION = '1.1.0'
 FACTS = 'store.json'
 INDEX = 'record_index.npz'
 _PROGRESS_SECONDS = 30.0
@@ -101,6 +103,21 @@ def is_prepared(cfg: DataConfig) -> bool:
   return tf.io.gfile.exists(os.path.join(store_dir(cfg), 'dataset_info.json'))
 
 
+def _older_formats(cfg: DataConfig) -> list[str]:
+  """Stores of cfg written in an earlier format (VERSION), which this code does not read."""
+  config_dir = os.path.dirname(store_dir(cfg))
+  return sorted(os.path.join(config_dir, name.rstrip('/')) for name in (
+      tf.io.gfile.listdir(config_dir) if tf.io.gfile.isdir(config_dir) else ())
+      if name.rstrip('/') != VERSION and re.fullmatch(r'\d+\.\d+\.\d+', name.rstrip('/'))
+      and tf.io.gfile.exists(os.path.join(config_dir, name, 'dataset_info.json')))
+
+
+def _older_note(cfg: DataConfig) -> str:
+  older = _older_formats(cfg)
+  return (f'; {", ".join(older)} holds it in an earlier format, which is not read (delete '
+          f'it once {VERSION} is prepared)' if older else '')
+
+
 def _missing_message(cfg: DataConfig) -> str:
   path = store_dir(cfg)
   stores = os.path.dirname(os.path.dirname(path))
@@ -112,6 +129,7 @@ def _missing_message(cfg: DataConfig) -> str:
   unfinished = tf.io.gfile.isdir(config_dir) and any(
       'incomplete' in name for name in tf.io.gfile.listdir(config_dir))
   notes = ' (an unfinished preparation was found there and is ignored)' if unfinished else ''
+  notes += _older_note(cfg)
   if found:
     notes += f'; stores prepared there: {", ".join(found)}'
   return (f'the {cfg.store} store of {cfg.dataset} at {cfg.resize_size}x{cfg.resize_size} '
@@ -408,8 +426,8 @@ def _build(cfg: DataConfig) -> dict:
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=config_name(cfg))]
 
   builder = tfds_data.construct(AlexnetSquares, cfg)
-  logging.info('Preparing the %s store of %s (%dx%d squares) in %s', cfg.store, cfg.dataset,
-               cfg.resize_size, cfg.resize_size, store_dir(cfg))
+  logging.info('Preparing the %s store of %s (%dx%d squares) in %s%s', cfg.store, cfg.dataset,
+               cfg.resize_size, cfg.resize_size, store_dir(cfg), _older_note(cfg))
   # TFDS holds up to 1 GB of examples in Python objects while it writes, which sets off
   # full collections; each rescans the millions of objects TF and JAX made at import
   # (0.36 s each here). Frozen, they are left out.

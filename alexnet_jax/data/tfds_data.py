@@ -107,7 +107,10 @@ def _temporary_directory_removed_after():
 
 
 def construct(builder_class, *args, **kwargs) -> tfds.core.DatasetBuilder:
-  """builder_class(*args, **kwargs), leaving nothing in the system temporary directory."""
+  """builder_class(*args, **kwargs), leaving nothing in the system temporary directory; its
+  preparation draws progress bars only on a terminal (a log would get their escape codes)."""
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()
   with _temporary_directory_removed_after():
     return builder_class(*args, **kwargs)
 
@@ -219,8 +222,6 @@ def prepare(cfg: DataConfig) -> list[str]:
 
 def _build(cfg: DataConfig) -> list[str]:
   """Runs the dataset's TFDS builder; returns the files it skipped."""
-  if not sys.stderr.isatty():
-    tfds.disable_progress_bar()  # a log file would get the bars' escape codes
   if cfg.dataset != IMAGENET:
     tfds_builder(cfg).download_and_prepare()
     return []
