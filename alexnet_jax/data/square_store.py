@@ -104,12 +104,13 @@ def is_prepared(cfg: DataConfig) -> bool:
 
 
 def _older_formats(cfg: DataConfig) -> list[str]:
-  """Stores of cfg written in an earlier format (VERSION), which this code does not read."""
+  """cfg's stores in a format other than VERSION (written by earlier code): none is read."""
   config_dir = os.path.dirname(store_dir(cfg))
-  return sorted(os.path.join(config_dir, name.rstrip('/')) for name in (
-      tf.io.gfile.listdir(config_dir) if tf.io.gfile.isdir(config_dir) else ())
-      if name.rstrip('/') != VERSION and re.fullmatch(r'\d+\.\d+\.\d+', name.rstrip('/'))
-      and tf.io.gfile.exists(os.path.join(config_dir, name, 'dataset_info.json')))
+  names = ([name.rstrip('/') for name in tf.io.gfile.listdir(config_dir)]
+           if tf.io.gfile.isdir(config_dir) else [])
+  return sorted(os.path.join(config_dir, name) for name in names
+                if name != VERSION and re.fullmatch(r'\d+\.\d+\.\d+', name)
+                and tf.io.gfile.exists(os.path.join(config_dir, name, 'dataset_info.json')))
 
 
 def _older_note(cfg: DataConfig) -> str:
