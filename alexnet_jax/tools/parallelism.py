@@ -27,7 +27,6 @@ x16). It is a model: only its inputs' bytes and FLOPs are checked, on this machi
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -39,6 +38,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from alexnet_jax import config as config_lib
+from alexnet_jax.tools import command_line
 from alexnet_jax.tools import strategy_costs
 
 COMMAND = 'python -m alexnet_jax.tools.parallelism'
@@ -204,12 +204,8 @@ def draw(config, batch_per_device: int, hardware: list[Hardware], max_devices: i
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
-  """The command's flags: the net (named as in main), the counts, the model's inputs."""
-  towers: int = config_lib.ModelConfig.towers
-  width: float = config_lib.ModelConfig.width
-  image_size: int = config_lib.ModelConfig.image_size
-  num_classes: int = config_lib.ModelConfig.num_classes
+class Options(command_line.NetOptions):
+  """The command's flags: the net's (NetOptions), then the counts and the model's inputs."""
   devices: str = '2,4,8'              # counted on this many forced CPU devices
   batch_per_device: int = 128         # the 2014 paper's batch per GPU
   model_dtype: str = 'bfloat16'       # the model's compute dtype (the counts are float32)
@@ -218,12 +214,6 @@ class Options:
   pcie: float = H100_PCIE.link_bytes_per_second
   max_devices: int = 64
   figure: str = 'docs/parallelism.png'
-
-  def model_config(self) -> config_lib.ModelConfig:
-    config = config_lib.ModelConfig(towers=self.towers, width=self.width,
-                                   image_size=self.image_size, num_classes=self.num_classes)
-    config.validate()
-    return config
 
   def device_counts(self) -> list[int]:
     try:
@@ -243,21 +233,8 @@ class Options:
             Hardware(H100_PCIE.name, self.flops_per_second, self.pcie)]
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    print(f'{self.prog}: error: {message}', file=sys.stderr)
-    sys.exit(2)
-
-
-def parse(argv) -> Options:
-  parser = _Parser(prog=COMMAND, description=__doc__.splitlines()[0])
-  for field in dataclasses.fields(Options):
-    parser.add_argument(f'--{field.name}', type=type(field.default), default=field.default)
-  return Options(**vars(parser.parse_args(argv)))
-
-
 def main(argv=None) -> None:
-  options = parse(argv)
+  options = command_line.parse(Options, COMMAND, __doc__.splitlines()[0], argv)
   try:
     config = options.model_config()
     counts, hardware = options.device_counts(), options.hardware()

@@ -10,7 +10,6 @@ names what the numbers are.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -25,6 +24,7 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from alexnet_jax import preprocess
 from alexnet_jax import train
+from alexnet_jax.tools import command_line
 from alexnet_jax.tools import crossing_traffic
 from alexnet_jax.tools import parallelism
 from alexnet_jax.tools import strategy_costs
@@ -43,20 +43,10 @@ FLOAT_BYTES = 4      # gradients stay float32
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
-  """The command's flags: the model's (named as in main) and where to write."""
-  towers: int = config_lib.ModelConfig.towers
-  width: float = config_lib.ModelConfig.width
-  image_size: int = config_lib.ModelConfig.image_size
-  num_classes: int = config_lib.ModelConfig.num_classes
+class Options(command_line.NetOptions):
+  """The command's flags: the net's (NetOptions), then where to write."""
   out: str = 'docs/WALKTHROUGH.md'
   figure: str = 'docs/figure2.png'
-
-  def model_config(self) -> config_lib.ModelConfig:
-    config = config_lib.ModelConfig(towers=self.towers, width=self.width,
-                                   image_size=self.image_size, num_classes=self.num_classes)
-    config.validate()
-    return config
 
   def command(self) -> str:
     """The command line that writes these files: the defaults are left out."""
@@ -550,21 +540,8 @@ def render(options: Options, config, traffic, mesh, figure_link: str, compared) 
 # Command line.
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    print(f'{self.prog}: error: {message}', file=sys.stderr)
-    sys.exit(2)
-
-
-def parse(argv) -> Options:
-  parser = _Parser(prog=COMMAND, description=__doc__.splitlines()[0])
-  for field in dataclasses.fields(Options):
-    parser.add_argument(f'--{field.name}', type=type(field.default), default=field.default)
-  return Options(**vars(parser.parse_args(argv)))
-
-
 def main(argv=None) -> None:
-  options = parse(argv)
+  options = command_line.parse(Options, COMMAND, __doc__.splitlines()[0], argv)
   out_dir = os.path.dirname(os.path.abspath(options.out))
   # Forced CPU devices, on any machine: a mesh of one tower per device, as in 2012.
   jax.config.update('jax_platforms', 'cpu')
