@@ -408,12 +408,6 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def _checked_loss(step, metrics, checkpoints) -> float:
-  loss = float(metrics['loss'])
-  _check_finite(loss, step, checkpoints)
-  return loss
-
-
 def lower_train_step(config: ModelConfig, mesh, global_batch: int):
   """The jitted training step lowered for abstract inputs on `mesh` (no data, no compute)."""
   opt_config = OptimizerConfig()
