@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Mapping
+from typing import Callable, Mapping, TypeVar
 
 from absl import logging
 import jax
@@ -38,6 +38,8 @@ from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 
 from alexnet_jax.config import ProcessConfig, UserError
+
+T = TypeVar('T')
 
 # What a SLURM job step sets (the variables JAX's own SLURM detection reads).
 _SLURM_STEP = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
@@ -234,17 +236,15 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def in_turn(name: str, fn: Callable[[], object]) -> None:
-  """Runs fn on process 0, then on the others.
+def in_turn(name: str, fn: Callable[[], T]) -> T:
+  """Runs fn on process 0, then on the others; returns this process's result.
 
   For work that writes files (demo data, a prepared dataset): on a shared file system
   the others find it done; on per-host disks each host does its own.
   """
-  if jax.process_index() == 0:
-    fn()
+  result = fn() if jax.process_index() == 0 else None
   barrier(name)
-  if jax.process_index() != 0:
-    fn()
+  return result if jax.process_index() == 0 else fn()
 
 
 class Preemption:

@@ -132,8 +132,7 @@ def host_batches(cfg: DataConfig, local_batch_size: int, *, start_position: int 
   rows = square_store.record_index(cfg)
   shards = [(i.filename, i.skip, rows[os.path.basename(i.filename)][i.skip:i.skip + i.take])
             for i in builder.info.splits[split].file_instructions]
-  damaged = damaged or store_reader.DamagedRecords(cfg.skip_damaged_records,
-                                                   square_store.prepare_command(cfg))
+  damaged = damaged or _damaged_records(cfg)
   return store_reader.train_batches(shards, cfg.resize_size, local_batch_size, seed=cfg.seed,
                                     start_position=start_position, jpeg=cfg.store == 'jpeg',
                                     damaged=damaged)
@@ -305,12 +304,14 @@ def training_input(cfg: DataConfig, batch_size: int, eval_batch_size: int, mesh,
                    workdir: str) -> TrainingInput:
   """The input of a training run on the prepared data (process 0 makes a missing mean image;
   the others then read its file)."""
-  distributed.in_turn('mean', lambda: mean_image.normalizer_for(cfg, workdir))
+  normalizer = distributed.in_turn('mean', lambda: mean_image.normalizer_for(cfg, workdir))
   return TrainingInput(cfg, batch_size, eval_batch_size, mesh,
-                       dataset.facts(cfg).train_examples,
-                       mean_image.normalizer_for(cfg, workdir),
-                       store_reader.DamagedRecords(cfg.skip_damaged_records,
-                                                   square_store.prepare_command(cfg)))
+                       dataset.facts(cfg).train_examples, normalizer, _damaged_records(cfg))
+
+
+def _damaged_records(cfg: DataConfig) -> store_reader.DamagedRecords:
+  """What a run does with damaged records: --skip_damaged_records, or stop naming the repair."""
+  return store_reader.DamagedRecords(cfg.skip_damaged_records, square_store.prepare_command(cfg))
 
 
 # ----------------------------------------------------------------------------------
