@@ -177,9 +177,10 @@ def _checked_files(cfg: DataConfig, records: bool = False) -> str | None:
   return None
 
 
-def masked_crc(crc: int) -> int:
-  """The form in which TFRecord stores the CRC-32C of a record after it."""
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+def crc_matches(crc: int, stored: bytes) -> bool:
+  """Whether a record's CRC-32C is the one TFRecord stored after it (masked, 4 bytes)."""
+  masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+  return masked == int.from_bytes(stored, 'little')
 
 
 def _damaged_record(path: str, rows: np.ndarray) -> int | None:
@@ -188,7 +189,7 @@ def _damaged_record(path: str, rows: np.ndarray) -> int | None:
     for number, (offset, length) in enumerate(rows[:, [RECORD_OFFSET, RECORD_LENGTH]]):
       f.seek(int(offset))
       data = f.read(int(length) + 4)
-      if masked_crc(google_crc32c.value(data[:-4])) != int.from_bytes(data[-4:], 'little'):
+      if not crc_matches(google_crc32c.value(data[:-4]), data[-4:]):
         return number
   return None
 

@@ -31,7 +31,7 @@ import simplejpeg
 
 from alexnet_jax.config import UserError
 from alexnet_jax.data.square_store import (IMAGE_LENGTH, IMAGE_OFFSET, LABEL, RECORD_LENGTH,
-                                           RECORD_OFFSET, masked_crc)
+                                           RECORD_OFFSET, crc_matches)
 
 _ALIGN = 64  # what XLA's CPU client needs to use host memory without a copy
 
@@ -107,7 +107,7 @@ def _read_record(fd: int, row, image: np.ndarray, jpeg: bool) -> str | None:
     crc = google_crc32c.extend(google_crc32c.extend(google_crc32c.value(bytes(head)), image),
                                bytes(tail[:-4]))
     stored = tail[-4:]
-  if masked_crc(crc) != int.from_bytes(stored, 'little'):
+  if not crc_matches(crc, stored):
     return 'its checksum does not match'
   if jpeg:
     try:
