@@ -40,6 +40,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from alexnet_jax import config as config_lib
 from alexnet_jax.tools import command_line
 from alexnet_jax.tools import strategy_costs
+from alexnet_jax.tools import summary
 
 COMMAND = 'python -m alexnet_jax.tools.parallelism'
 STRATEGIES = config_lib.PARALLELISMS
@@ -116,9 +117,7 @@ def format_counts(rows, global_batch: int) -> str:
     lines.append([str(got.devices), got.parallelism, str(got.mesh), f'{got.sent_bytes / MB:,.1f}',
                   _sent_text(got.sent), f'{got.state_bytes / MB:,.1f}',
                   f'{got.flops / 1e9:,.1f}', 'equal' if same else 'DIFFERS'])
-  widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
-  fmt = lambda cells: '  '.join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-  return '\n'.join([fmt(header), fmt(['-' * w for w in widths])] + [fmt(l) for l in lines])
+  return summary.text_table(header, lines)
 
 
 def model_devices(max_devices: int) -> list[int]:
@@ -138,9 +137,7 @@ def format_predictions(config, batch_per_device: int, hardware: list[Hardware],
         cells.append('-' if p is None else
                      f'{1000 * p.step_seconds:.1f} ms {100 * p.efficiency:.0f}%')
     lines.append(cells)
-  widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
-  fmt = lambda cells: '  '.join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-  return '\n'.join([fmt(header), fmt(['-' * w for w in widths])] + [fmt(l) for l in lines])
+  return summary.text_table(header, lines)
 
 
 def draw(config, batch_per_device: int, hardware: list[Hardware], max_devices: int,

@@ -86,6 +86,14 @@ def _ring(n: int) -> float:
   return (n - 1) / n
 
 
+def fc_reads(config: config_lib.ModelConfig) -> list[int]:
+  """Per image, the values fc6, fc7 and fc8 read across the towers: what the hybrid gathers."""
+  specs = {spec.name: spec for spec in model_lib.layer_specs(config)}
+  conv5 = specs['conv5']
+  return [config.towers * conv5.out_size ** 2 * conv5.features,
+          config.towers * specs['fc6'].features, config.towers * specs['fc7'].features]
+
+
 def parameter_counts(config: config_lib.ModelConfig) -> dict:
   """{'all', 'conv', 'fc', 'classifier_bias'}: parameters of the whole net."""
   rows = summary.layer_rows(config)
@@ -106,7 +114,7 @@ def formula(config: config_lib.ModelConfig, devices: int, global_batch: int) -> 
   shape = mesh_shape(config, devices)
   counts = parameter_counts(config)
   specs = {spec.name: spec for spec in model_lib.layer_specs(config)}
-  s, n, batch, towers = np.dtype(config.dtype).itemsize, devices, global_batch, config.towers
+  s, n, batch = np.dtype(config.dtype).itemsize, devices, global_batch
   sent = collections.Counter()
   strategy = config.parallelism
   if strategy == 'data':
@@ -119,9 +127,7 @@ def formula(config: config_lib.ModelConfig, devices: int, global_batch: int) -> 
     sent['all-reduce', 'backward'] = 2 * _ring(n) * FLOAT32 * (counts['classifier_bias'] + 1)
     state = split / n + counts['classifier_bias']
   elif strategy == 'hybrid':
-    conv5 = specs['conv5']
-    read = towers * (conv5.out_size ** 2 * conv5.features + specs['fc6'].features
-                     + specs['fc7'].features)
+    read = sum(fc_reads(config))
     sent['all-gather', 'forward'] = _ring(n) * batch * read * s
     sent['reduce-scatter', 'backward'] = _ring(n) * batch * read * s
     logits = _ring(n) * batch * config.num_classes / n * s
@@ -180,8 +186,9 @@ def compile_step(config: config_lib.ModelConfig, devices: int, global_batch: int
 def counted(config: config_lib.ModelConfig, mesh, program) -> Costs:
   """The costs per device counted in a compiled training step: its collectives, the state
   it takes per device, its FLOPs."""
+  text = program.as_text()
   sent = collections.Counter()
-  for op in communication.collectives(program.as_text(), mesh):
+  for op in communication.collectives(text, mesh):
     sent[op.kind, op.direction] += op.received_bytes
   # Parameters and momentum: the state's arrays (the rest are scalars: step, rates, plateau),
   # in the layout the compiled step takes them.
@@ -192,7 +199,7 @@ def counted(config: config_lib.ModelConfig, mesh, program) -> Costs:
              if leaf.ndim)
   shape = config_lib.MeshShape(**mesh.shape)
   return Costs(config.parallelism, mesh.size, shape, dict(sent), held,
-               model_flops(program.as_text()))
+               model_flops(text))
 
 
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(?P<name>[\w.-]+) = (?P<shape>\S+) (?P<op>[\w-]+)\('

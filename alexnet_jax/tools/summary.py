@@ -54,10 +54,11 @@ def format_layer_table(config: ModelConfig) -> str:
             'output/tower', 'output (net)', 'params', 'mult-adds/image', 'reads other tower')
   lines = [[r['layer'], r['kernel'], str(r['features']), r['conv'], r['after'], r['tower'],
             r['whole'], f"{r['params']:,}", f"{r['macs']:,}", r['crosses']] for r in rows]
-  return _table(header, lines)
+  return text_table(header, lines)
 
 
-def _table(header, lines) -> str:
+def text_table(header, lines) -> str:
+  """Columns padded to their widest cell, under the header and a rule of dashes."""
   widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
   fmt = lambda cells: '  '.join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
   return '\n'.join([fmt(header), fmt(['-' * w for w in widths])] + [fmt(l) for l in lines])
@@ -81,7 +82,7 @@ def communication_report(ops, mesh, local_batch: int) -> str:
             'own batch and no gradient needs summing.')
   header = ('pass', 'mesh axis', 'layer', 'collective', 'ops', 'bytes/image received',
             'bytes/step received')
-  text = _table(header, communication_rows(ops, local_batch))
+  text = text_table(header, communication_rows(ops, local_batch))
   return (text + '\nBytes are what one device receives with ring algorithms; '
           f'per image = per step / {local_batch} (the per-device batch).')
 

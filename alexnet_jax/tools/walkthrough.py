@@ -451,11 +451,8 @@ def _strategies(config, compared, batch: int) -> list[str]:
   counts = strategy_costs.parameter_counts(config)
   conv_macs = sum(r['macs'] for r in rows if r['layer'].startswith('conv'))
   macs = sum(r['macs'] for r in rows)
-  specs = {spec.name: spec for spec in model_lib.layer_specs(config)}
-  conv5 = specs['conv5']
-  towers, size = config.towers, jnp.dtype(config.dtype).itemsize
-  fc_reads = [towers * conv5.out_size ** 2 * conv5.features, towers * specs['fc6'].features,
-              towers * specs['fc7'].features]
+  size = jnp.dtype(config.dtype).itemsize
+  fc_reads = strategy_costs.fc_reads(config)
   fc_read_text, fc_read = ' + '.join(_n(v) for v in fc_reads), sum(fc_reads)
   break_even = FLOAT_BYTES * counts['fc'] / (size * fc_read)
   table = [f'| {got.parallelism} | {_HOLDS[got.parallelism]} | {got.sent_bytes / 1e6:,.1f} | '
