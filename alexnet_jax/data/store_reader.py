@@ -169,11 +169,12 @@ def train_batches(shards: Sequence[tuple[str, int, np.ndarray]], size: int, batc
       bad = sorted(j for done in [pool.submit(read, images, picked, lo, hi)
                                   for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
                    for j in done.result())
-      good = sorted(set(range(batch_size)) - set(bad))
-      if bad and not good:
-        raise DamagedRecordError(f'every record of a batch is damaged: {damaged.repair}')
-      for j in bad:  # skipped: a copy of a good square of the batch takes its place
-        images[j], labels[j] = images[good[j % len(good)]], labels[good[j % len(good)]]
+      if bad:  # skipped: a copy of a good square of the batch takes each one's place
+        good = sorted(set(range(batch_size)) - set(bad))
+        if not good:
+          raise DamagedRecordError(f'every record of a batch is damaged: {damaged.repair}')
+        for j in bad:
+          images[j], labels[j] = images[good[j % len(good)]], labels[good[j % len(good)]]
       position += batch_size
       yield {'images': images, 'labels': labels}
   finally:
